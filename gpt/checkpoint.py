@@ -1,0 +1,37 @@
+"""Reading a trained model back from a training checkpoint, without Lightning (fast to import, safe to load)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gpt.model import GPTConfig, GPTModel
+from gpt.tokenizer import Tokenizer, load_tokenizer
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A .ckpt file as given, or for a run directory its best checkpoint (else its last)."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "best.ckpt", "last.ckpt"):
+            if (path / candidate).is_file():
+                return path / candidate
+        raise FileNotFoundError(f"no checkpoint in {path}: expected checkpoints/best.ckpt or checkpoints/last.ckpt")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; give a .ckpt file or a run directory under outputs/")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GPTModel, Tokenizer]:
+    """The GPTModel (in eval mode) and the tokenizer stored in a checkpoint written by train.py."""
+    path = resolve_checkpoint(path)
+    # weights_only: tensors and plain containers only, so a crafted file cannot run code while loading.
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    hparams = ckpt.get("hyper_parameters", {})
+    if "model" not in hparams or "tokenizer" not in hparams:
+        raise ValueError(f"{path} is not a checkpoint written by train.py (no model/tokenizer hyperparameters)")
+    model = GPTModel(GPTConfig(**hparams["model"]))
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model.eval(), load_tokenizer(hparams["tokenizer"])

@@ -1,0 +1,83 @@
+"""Turning a model's logits into text: sampling rules and the decode loop. Pure torch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None, vocab_size: int) -> None:
+    """Reject sampling settings that have no meaning, with a message that says what is allowed."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and not 1 <= top_k <= vocab_size:
+        raise ValueError(f"top_k must be in 1..{vocab_size} (the vocabulary size) or null, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] or null, got {top_p}")
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row of ``logits`` (B, V) -> (B,).
+
+    temperature 0 is greedy (argmax). Otherwise the logits are divided by the temperature, cut to the
+    ``top_k`` most likely tokens and/or the smallest set whose probability reaches ``top_p``, and sampled.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest logit
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens before it already reach top_p (the most likely token always stays).
+        drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_tokens(
+    model: nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    context_length: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of each row, (B,), one step at a time, until ``max_new_tokens`` or every row has
+    produced ``eos_id``. A row that has finished keeps yielding ``eos_id``. The model sees at most the last
+    ``context_length`` tokens."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    for _ in range(max_new_tokens):
+        logits = model(idx[:, -context_length:])[:, -1, :]  # (B, V) logits of the last position
+        next_id = sample_next(logits, temperature, top_k, top_p, generator)
+        if eos_id is not None:
+            next_id = next_id.masked_fill(finished, eos_id)
+            finished |= next_id == eos_id
+        yield next_id
+        if eos_id is not None and bool(finished.all()):
+            return
+        idx = torch.cat([idx, next_id[:, None]], dim=1)
+
+
+def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, context_length: int, **kwargs) -> torch.Tensor:
+    """``idx`` (B, T) followed by the generated tokens (B, T + n); see ``generate_tokens`` for the arguments."""
+    new = list(generate_tokens(model, idx, max_new_tokens, context_length, **kwargs))
+    return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx

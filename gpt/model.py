@@ -1,0 +1,174 @@
+"""The GPT model, built the way the book builds it. Pure torch: no Lightning, no Hydra.
+
+Shapes in comments: B batch, T sequence length, C emb_dim, H n_heads, D head dim (C // H), V vocab_size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    """A model's shape. The values live in conf/model/*.yaml; this class only checks them."""
+
+    vocab_size: int
+    context_length: int
+    emb_dim: int
+    n_heads: int
+    n_layers: int
+    drop_rate: float
+    qkv_bias: bool
+    tie_weights: bool
+
+    def __post_init__(self):
+        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.emb_dim % self.n_heads:
+            raise ValueError(
+                f"model.emb_dim={self.emb_dim} is not divisible by model.n_heads={self.n_heads}; "
+                "choose sizes where each head gets emb_dim // n_heads dimensions"
+            )
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ValueError(f"model.drop_rate must be in [0, 1), got {self.drop_rate}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LayerNorm(nn.Module):
+    """Normalise each token's features to mean 0 and variance 1, then scale and shift (learned).
+
+    y = (x - mean) / sqrt(var + eps) * scale + shift, with the biased variance, as GPT-2 does.
+    F.layer_norm computes exactly that in one fused kernel.
+    """
+
+    def __init__(self, emb_dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(emb_dim))
+        self.shift = nn.Parameter(torch.zeros(emb_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
+
+
+class GELU(nn.Module):
+    """GELU with GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: expand to 4x width, GELU, project back."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim),
+            GELU(),
+            nn.Linear(4 * cfg.emb_dim, cfg.emb_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal multi-head self-attention: each position attends to itself and the positions before it."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.head_dim = cfg.emb_dim // cfg.n_heads
+        self.W_query = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
+        self.W_key = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
+        self.W_value = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
+        self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
+        self.dropout = nn.Dropout(cfg.drop_rate)
+        # True above the diagonal: the future positions a query may not see.
+        mask = torch.triu(torch.ones(cfg.context_length, cfg.context_length, dtype=torch.bool), diagonal=1)
+        self.register_buffer("mask", mask, persistent=False)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q = self._split_heads(self.W_query(x))  # (B, H, T, D)
+        k = self._split_heads(self.W_key(x))
+        v = self._split_heads(self.W_value(x))
+
+        scores = q @ k.transpose(2, 3)  # (B, H, T, T): how much each query matches each key
+        scores = scores.masked_fill(self.mask[:T, :T], float("-inf"))
+        weights = torch.softmax(scores / math.sqrt(self.head_dim), dim=-1)
+        weights = self.dropout(weights)
+        context = weights @ v  # (B, H, T, D): weighted sum of the values
+
+        context = context.transpose(1, 2).reshape(B, T, C)  # heads side by side again
+        return self.out_proj(context)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + attention(norm(x)), then x + feed-forward(norm(x))."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.norm1 = LayerNorm(cfg.emb_dim)
+        self.att = MultiHeadAttention(cfg)
+        self.norm2 = LayerNorm(cfg.emb_dim)
+        self.ff = FeedForward(cfg)
+        self.drop_shortcut = nn.Dropout(cfg.drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x)))  # shortcut connection around attention
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))  # and around the feed-forward
+        return x
+
+
+class GPTModel(nn.Module):
+    """Token + position embeddings -> n_layers transformer blocks -> final norm -> logits over the vocabulary."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.drop_emb = nn.Dropout(cfg.drop_rate)
+        self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        self.final_norm = LayerNorm(cfg.emb_dim)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if cfg.tie_weights:
+            # One Parameter in two places (GPT-2's choice): not a copy, so both always hold the same values.
+            self.out_head.weight = self.tok_emb.weight
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # GPT-2's initialisation: N(0, 0.02) for matrices and embeddings, zero biases.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, V)."""
+        B, T = idx.shape
+        if T > self.cfg.context_length:
+            raise ValueError(f"sequence of {T} tokens is longer than the context length {self.cfg.context_length}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        x = self.trf_blocks(x)
+        return self.out_head(self.final_norm(x))  # (B, T, V)
+
+    def num_parameters(self) -> int:
+        """Parameters counted once each (a tied head is not counted twice)."""
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,136 @@
+"""The LightningModule: the loss, the optimizer and its schedule, and what gets logged. The model itself is
+``gpt.model.GPTModel``; devices, precision, accumulation, clipping and checkpoints are Lightning's job."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from gpt.generation import generate
+from gpt.model import GPTConfig, GPTModel
+from gpt.tokenizer import load_tokenizer
+
+
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting every next token: logits (B, T, V), targets (B, T)."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warmup from 0 to 1 over ``warmup_steps``, then cosine decay to ``min_lr_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class GPTLightningModule(L.LightningModule):
+    """Next-token pretraining of a GPTModel.
+
+    Hyperparameters are plain dicts so a checkpoint can be read back with ``torch.load(weights_only=True)``
+    and without Lightning (see ``gpt.checkpoint``).
+    """
+
+    def __init__(self, model: dict, optim: dict, tokenizer: dict, sample: dict):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = GPTModel(GPTConfig(**model))
+        self.tokens_seen = 0
+        self._step_start: float | None = None
+        self._val_loss_sum = self._val_tokens = None
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch
+        loss = next_token_loss(self.model(inputs), targets)
+        self.tokens_seen += inputs.numel() * self.trainer.world_size
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/tokens_seen", float(self.tokens_seen))
+        return loss
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self._step_start is None:
+            self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # Tokens/s over each optimizer step (all micro-batches of an accumulation), on all ranks together.
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0 and self._step_start is not None:
+            tokens = batch[0].numel() * self.trainer.accumulate_grad_batches * self.trainer.world_size
+            self.log("train/tokens_per_sec", tokens / (time.perf_counter() - self._step_start), prog_bar=True)
+            self._step_start = None
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_loss_sum = torch.zeros((), device=self.device)
+        self._val_tokens = torch.zeros((), device=self.device)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        inputs, targets = batch
+        loss = next_token_loss(self.model(inputs), targets)
+        self._val_loss_sum += loss.detach().float() * targets.numel()
+        self._val_tokens += targets.numel()
+
+    def on_validation_epoch_end(self) -> None:
+        # Token-weighted mean over the whole val split (a short last batch counts for what it holds).
+        loss_sum = self.trainer.strategy.reduce(self._val_loss_sum, reduce_op="sum")
+        tokens = self.trainer.strategy.reduce(self._val_tokens, reduce_op="sum")
+        val_loss = loss_sum / tokens
+        self.log("val/loss", val_loss, prog_bar=True)
+        self.log("val/perplexity", torch.exp(val_loss))
+        if not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            self._log_sample()
+
+    def sample_text(self, prompt: str, max_new_tokens: int, seed: int) -> str:
+        """A short continuation of ``prompt``, sampled with its own RNG so training's random stream is untouched."""
+        tokenizer = load_tokenizer(self.hparams.tokenizer)
+        idx = torch.tensor([tokenizer.encode(prompt)], device=self.device)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        was_training = self.model.training
+        self.model.eval()
+        out = generate(
+            self.model,
+            idx,
+            max_new_tokens,
+            self.model.cfg.context_length,
+            temperature=self.hparams.sample["temperature"],
+            top_k=self.hparams.sample["top_k"],
+            eos_id=tokenizer.eot_id,
+            generator=generator,
+        )
+        self.model.train(was_training)
+        return tokenizer.decode(out[0].tolist())
+
+    def _log_sample(self) -> None:
+        s = self.hparams.sample
+        text = self.sample_text(s["prompt"], s["max_new_tokens"], seed=self.global_step)
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_text"):
+            experiment.add_text("val/sample", text, self.global_step)
+
+    def configure_optimizers(self):
+        o = self.hparams.optim
+        # Weight decay on matrices (linear weights, embeddings) only; never on biases or LayerNorm scale/shift.
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": o["weight_decay"]},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(
+            groups, lr=o["lr"], betas=tuple(o["betas"]), fused=self.device.type in ("cpu", "cuda")
+        )
+        total = self.trainer.estimated_stepping_batches
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, o["warmup_steps"], total, o["min_lr_ratio"])
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokens_seen"] = self.tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.tokens_seen = checkpoint.get("tokens_seen", 0)

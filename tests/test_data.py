@@ -1,0 +1,107 @@
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from gpt.corpus import CorpusError, kjv_text, load_corpus, read_text_file
+from gpt.data import GPTDataModule, GPTDataset, cached_token_ids, split_ids
+from gpt.tokenizer import SimpleTokenizerV2
+
+
+def test_first_window_of_the_verdict(gpt2_tokenizer, shared_file, tmp_path):
+    text = shared_file("the-verdict.txt").read_text(encoding="utf-8")
+    ids = cached_token_ids(text, gpt2_tokenizer, tmp_path)
+    x, y = GPTDataset(ids, max_length=4, stride=4)[0]
+    assert x.tolist() == [40, 367, 2885, 1464]
+    assert y.tolist() == [367, 2885, 1464, 1807]
+
+
+@pytest.mark.parametrize("n, max_length, stride", [(50, 4, 1), (50, 4, 4), (50, 8, 3), (9, 8, 1), (8, 8, 1)])
+def test_windows_are_the_books_sliding_windows(n, max_length, stride):
+    ids = np.arange(n, dtype=np.uint16)
+    ds = GPTDataset(ids, max_length, stride)
+    starts = range(0, n - max_length, stride)  # the book's GPTDatasetV1 loop
+    assert len(ds) == len(starts)
+    for i, start in enumerate(starts):
+        x, y = ds[i]
+        assert x.dtype == torch.int64
+        assert x.tolist() == list(range(start, start + max_length))
+        assert y.tolist() == list(range(start + 1, start + max_length + 1))
+
+
+def test_token_cache_is_compact_memory_mapped_and_reused(gpt2_tokenizer, tmp_path, monkeypatch):
+    text = "In the beginning God created the heaven and the earth. " * 20
+    ids = cached_token_ids(text, gpt2_tokenizer, tmp_path)
+    assert isinstance(ids, np.memmap) and ids.dtype == np.uint16
+    assert ids.tolist() == gpt2_tokenizer.encode(text)
+    monkeypatch.setattr(gpt2_tokenizer, "encode", lambda _: pytest.fail("tokenized twice"))
+    assert np.array_equal(cached_token_ids(text, gpt2_tokenizer, tmp_path), ids)
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+
+
+def test_token_cache_key_changes_with_text_and_tokenizer(gpt2_tokenizer, tmp_path):
+    text = "the cat sat on the mat"
+    cached_token_ids(text, gpt2_tokenizer, tmp_path)
+    cached_token_ids(text + ".", gpt2_tokenizer, tmp_path)
+    other = cached_token_ids(text, SimpleTokenizerV2.from_text(text), tmp_path)
+    assert other.tolist() == [4, 0, 3, 2, 4, 1]  # sorted vocabulary: cat mat on sat the
+    assert len(list(tmp_path.glob("*.npy"))) == 3
+
+
+def test_split_is_contiguous_and_val_is_the_tail():
+    ids = np.arange(100)
+    train, val = split_ids(ids, 0.1)
+    assert train.tolist() == list(range(90)) and val.tolist() == list(range(90, 100))
+    with pytest.raises(ValueError, match="val_ratio must be in"):
+        split_ids(ids, 1.0)
+
+
+def test_datamodule_shuffles_train_only(gpt2_tokenizer, tmp_path):
+    text = " ".join(str(i) for i in range(3000))
+    dm = GPTDataModule(text, gpt2_tokenizer, max_length=16, stride=16, batch_size=4, val_ratio=0.2, num_workers=0,
+                       cache_dir=tmp_path)
+    dm.prepare_data()
+    dm.setup("fit")
+    first = lambda loader: next(iter(loader))[0]  # noqa: E731
+    torch.manual_seed(0)
+    a = first(dm.train_dataloader())
+    torch.manual_seed(1)
+    assert not torch.equal(a, first(dm.train_dataloader()))
+    assert torch.equal(first(dm.val_dataloader()), first(dm.val_dataloader()))
+    assert len(dm.train_set.ids) + len(dm.val_set.ids) == len(gpt2_tokenizer.encode(text))
+
+
+def test_corpus_too_short_for_one_window_is_a_clear_error(gpt2_tokenizer, tmp_path):
+    dm = GPTDataModule("a few words only", gpt2_tokenizer, 16, 16, 2, 0.1, 0, tmp_path)
+    with pytest.raises(ValueError, match="fewer than one window of data.max_length=16"):
+        dm.setup("fit")
+
+
+def test_kjv_corpus_is_clean_prose():
+    text = kjv_text()
+    assert text.startswith("The First Book of Moses, called Genesis\n\nIn the beginning God created")
+    assert "Amen." in text[-100:]
+    assert not re.search(r"\d+:\d+ ", text)
+    assert 4_000_000 < len(text) < 4_500_000
+
+
+def test_folder_corpus_joins_sorted_files_as_documents(tmp_path):
+    (tmp_path / "b.txt").write_text("second")
+    (tmp_path / "a.txt").write_text("first")
+    (tmp_path / "skip.md").write_text("not text")
+    assert load_corpus("folder", str(tmp_path)) == "first <|endoftext|> second"
+    assert load_corpus("folder", str(tmp_path / "b*.txt")) == "second"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "does not exist"), (b"\x00\x01binary", "is binary"), (b"caf\xe9", "is not UTF-8"), (b"  \n", "is empty")],
+)
+def test_unreadable_corpus_files_are_named_in_the_error(tmp_path, content, message):
+    path = tmp_path / "corpus.txt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CorpusError, match=message) as e:
+        read_text_file(path)
+    assert str(path) in str(e.value)

@@ -1,0 +1,87 @@
+"""End to end through the real Hydra entry points, as a user runs them (subprocesses)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import ROOT
+from gpt.corpus import kjv_text
+
+TINY = [
+    "model.n_layers=2", "model.emb_dim=32", "model.n_heads=2", "model.context_length=32",
+    "data.batch_size=8", "optim.lr=3e-3", "optim.warmup_steps=5",
+    "trainer.val_check_interval=10", "trainer.limit_val_batches=4", "trainer.log_every_n_steps=5",
+    "sample.max_new_tokens=5",
+]
+
+
+def run(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def scalars(run_dir, tag: str) -> list[tuple[int, float]]:
+    acc = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny pretraining run on the start of the built-in corpus: 30 steps, validated every 10."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    corpus = tmp / "corpus.txt"
+    corpus.write_text(kjv_text()[:60_000], encoding="utf-8")
+    common = [*TINY, "data=text_file", f"data.path={corpus}", f"data.cache_dir={tmp / 'cache'}"]
+    run_dir = tmp / "run"
+    proc = run("train.py", *common, "trainer.max_steps=30", f"hydra.run.dir={run_dir}")
+    return tmp, run_dir, common, proc
+
+
+def test_training_lowers_val_loss_and_writes_logs_and_checkpoints(trained):
+    _, run_dir, _, proc = trained
+    val = scalars(run_dir, "val/loss")
+    # Lightning logs against the index of the last optimizer step taken: 10 steps done -> step 9.
+    assert [step for step, _ in val] == [9, 19, 29]
+    assert val[-1][1] < val[0][1] - 0.3
+    tags = EventAccumulator(str(run_dir / "tensorboard")).Reload().Tags()
+    for tag in ("train/loss", "val/perplexity", "train/lr", "train/tokens_per_sec", "train/tokens_seen"):
+        assert tag in tags["scalars"], tag
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert "parameters" in proc.stdout and f"python generate.py ckpt={run_dir}" in proc.stdout
+
+
+def test_tokens_seen_counts_every_trained_token(trained):
+    _, run_dir, _, _ = trained
+    step, seen = scalars(run_dir, "train/tokens_seen")[-1]
+    assert seen == (step + 1) * 8 * 32  # logged after step `step` was taken: step + 1 batches of 8 x 32 tokens
+
+
+def test_generate_continues_the_prompt_from_a_run_directory(trained):
+    _, run_dir, _, _ = trained
+    out = run("generate.py", f"ckpt={run_dir}", "prompt=And God said", "max_new_tokens=8", "temperature=0").stdout
+    assert out.startswith("And God said") and len(out.strip()) > len("And God said")
+    again = run("generate.py", f"ckpt={run_dir}", "prompt=And God said", "max_new_tokens=8", "temperature=0").stdout
+    assert again == out  # greedy is deterministic
+
+
+def test_generate_refuses_bad_settings_in_one_line(trained):
+    _, run_dir, _, _ = trained
+    proc = run("generate.py", f"ckpt={run_dir}", "prompt=Hi", "top_p=1.5", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: top_p must be in (0, 1] or null, got 1.5"
+
+
+def test_resume_continues_the_global_step(trained):
+    tmp, run_dir, common, _ = trained
+    resumed = tmp / "resumed"
+    run("train.py", *common, "trainer.max_steps=40", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={resumed}")
+    ckpt = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 40
+    assert [step for step, _ in scalars(resumed, "val/loss")] == [39]
+    assert min(step for step, _ in scalars(resumed, "train/loss")) >= 30

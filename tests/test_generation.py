@@ -1,0 +1,77 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from gpt.generation import check_sampling, generate, generate_tokens, sample_next
+
+
+class Counter(nn.Module):
+    """A stand-in model whose most likely next token is (last token + 1) % vocab; it refuses over-long inputs."""
+
+    def __init__(self, vocab: int = 10, context_length: int = 4):
+        super().__init__()
+        self.vocab, self.context_length = vocab, context_length
+
+    def forward(self, idx):
+        assert idx.shape[1] <= self.context_length
+        logits = torch.zeros(*idx.shape, self.vocab)
+        nxt = (idx + 1) % self.vocab
+        logits.scatter_(-1, nxt[..., None], 5.0)
+        return logits
+
+
+def test_greedy_follows_the_argmax_and_crops_to_the_context():
+    out = generate(Counter(), torch.tensor([[0, 1, 2, 3, 4, 5]]), max_new_tokens=6, context_length=4)
+    assert out.tolist() == [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]]
+
+
+def test_generation_stops_at_eos_and_pads_finished_rows():
+    out = generate(Counter(), torch.tensor([[1], [5]]), max_new_tokens=8, context_length=4, eos_id=7)
+    # Row 0 reaches 7 after six tokens, row 1 after two; row 1 then keeps yielding eos until row 0 is done.
+    assert out.tolist() == [[1, 2, 3, 4, 5, 6, 7], [5, 6, 7, 7, 7, 7, 7]]
+
+
+def test_zero_new_tokens_returns_the_prompt_and_negative_is_refused():
+    idx = torch.tensor([[1, 2]])
+    assert torch.equal(generate(Counter(), idx, 0, 4), idx)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 0"):
+        list(generate_tokens(Counter(), idx, -1, 4))
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 50)
+    greedy = logits.argmax(-1)
+    assert torch.equal(sample_next(logits, temperature=1.0, top_k=1), greedy)
+    assert torch.equal(sample_next(logits, temperature=1.0, top_p=1e-6), greedy)
+
+
+def test_top_k_samples_only_from_the_k_most_likely():
+    logits = torch.arange(20.0).repeat(2000, 1)  # token 19 is the most likely
+    draws = sample_next(logits, temperature=5.0, top_k=3, generator=torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == {17, 18, 19}
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).repeat(3000, 1)
+    draws = sample_next(probs.log(), temperature=1.0, top_p=0.8, generator=torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.8
+
+
+def test_seeded_sampling_is_reproducible():
+    logits = torch.randn(1, 100)
+    a = [sample_next(logits, 1.0, generator=torch.Generator().manual_seed(7)).item() for _ in range(3)]
+    b = [sample_next(logits, 1.0, generator=torch.Generator().manual_seed(7)).item() for _ in range(3)]
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(temperature=-0.1), "temperature must be >= 0"), (dict(top_k=0), "top_k must be in 1..100"),
+     (dict(top_k=101), "top_k must be in 1..100"), (dict(top_p=0.0), "top_p must be in"),
+     (dict(top_p=1.5), "top_p must be in")],
+)
+def test_bad_sampling_settings_are_refused(kwargs, message):
+    settings = dict(temperature=1.0, top_k=None, top_p=None) | kwargs
+    with pytest.raises(ValueError, match=message):
+        check_sampling(**settings, vocab_size=100)

@@ -1,0 +1,79 @@
+import re
+
+import pytest
+
+from gpt.tokenizer import (
+    ENDOFTEXT,
+    UNKNOWN,
+    SimpleTokenizerV1,
+    SimpleTokenizerV2,
+    build_tokenizer,
+    build_vocab,
+    load_tokenizer,
+    split_words,
+)
+
+
+def test_gpt2_bpe_matches_openai_vectors(gpt2_tokenizer):
+    text = "Hello, do you like tea? <|endoftext|> In the sunlit terraces" + "of someunknownPlace."
+    ids = gpt2_tokenizer.encode(text)
+    assert ids == [15496, 11, 466, 345, 588, 8887, 30, 220, 50256, 554, 262, 4252, 18250, 8812, 2114, 1659, 617,
+                   34680, 27271, 13]
+    assert gpt2_tokenizer.decode(ids) == text
+    assert gpt2_tokenizer.encode("Akwirw ier") == [33901, 86, 343, 86, 220, 959]
+    assert gpt2_tokenizer.n_vocab == 50257
+    assert gpt2_tokenizer.eot_id == 50256
+
+
+def test_gpt2_bpe_counts_the_verdict(gpt2_tokenizer, shared_file):
+    text = shared_file("the-verdict.txt").read_text(encoding="utf-8")
+    assert len(gpt2_tokenizer.encode(text)) == 5145
+
+
+def test_regex_vocabulary_of_the_verdict(shared_file):
+    text = shared_file("the-verdict.txt").read_text(encoding="utf-8")
+    assert len(build_vocab(text)) == 1130
+    assert SimpleTokenizerV2.from_text(text).n_vocab == 1132
+
+
+def test_split_keeps_punctuation_and_double_dash_and_drops_whitespace():
+    assert split_words('Hello, world. Is this-- a test?') == ["Hello", ",", "world", ".", "Is", "this", "--", "a",
+                                                             "test", "?"]
+
+
+def test_simple_v1_round_trip_removes_space_before_punctuation():
+    text = '"It\'s the last he painted, you know," Mrs. Gisburn said with pardonable pride.'
+    tok = SimpleTokenizerV1.from_text(text)
+    ids = tok.encode(text)
+    assert len(ids) == len(split_words(text))
+    assert tok.decode(ids) == '" It\' s the last he painted, you know," Mrs. Gisburn said with pardonable pride.'
+    assert tok.decode(tok.encode("the last, you know.")) == "the last, you know."
+
+
+def test_simple_v1_unknown_word_is_an_error_naming_it():
+    tok = SimpleTokenizerV1.from_text("the cat sat")
+    with pytest.raises(KeyError, match=re.escape("'dog'")):
+        tok.encode("the dog sat")
+
+
+def test_simple_v2_maps_unknown_words_and_keeps_endoftext():
+    tok = SimpleTokenizerV2.from_text("the cat sat on the mat.")
+    assert tok.vocab[-2:] == [ENDOFTEXT, UNKNOWN]
+    ids = tok.encode("the dog sat. <|endoftext|> the cat")
+    assert ids[1] == tok.unk_id
+    assert ids[4] == tok.eot_id
+    assert tok.decode(ids) == "the <|unk|> sat. <|endoftext|> the cat"
+
+
+@pytest.mark.parametrize("name", ["simple_v1", "simple_v2", "gpt2"])
+def test_tokenizer_rebuilds_from_its_config(name):
+    text = "In the beginning God created the heaven and the earth."
+    tok = build_tokenizer(name, text)
+    again = load_tokenizer(tok.to_config())
+    assert again.encode(text) == tok.encode(text)
+    assert again.n_vocab == tok.n_vocab
+
+
+def test_unknown_tokenizer_name_is_an_error():
+    with pytest.raises(ValueError, match="unknown tokenizer 'bpe'"):
+        build_tokenizer("bpe", "text")
