@@ -38,7 +38,7 @@ def train(cfg: DictConfig) -> None:
     import lightning as L
     import torch
     from hydra.core.hydra_config import HydraConfig
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from gpt.corpus import load_corpus
@@ -73,7 +73,6 @@ def train(cfg: DictConfig) -> None:
             ModelCheckpoint(
                 dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss", mode="min", save_last=True
             ),
-            LearningRateMonitor(logging_interval="step"),
         ],
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=absolute(cfg.ckpt_path))

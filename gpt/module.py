@@ -51,6 +51,7 @@ class GPTLightningModule(L.LightningModule):
         loss = next_token_loss(self.model(inputs), targets)
         self.tokens_seen += inputs.numel() * self.trainer.world_size
         self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         self.log("train/tokens_seen", float(self.tokens_seen))
         return loss
 
@@ -127,7 +128,7 @@ class GPTLightningModule(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, o["warmup_steps"], total, o["min_lr_ratio"])
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen
