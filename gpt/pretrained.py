@@ -1,0 +1,260 @@
+"""GPT-2 weights in the Hugging Face layout <-> GPTModel. Pure torch + safetensors + json (no transformers).
+
+A Hugging Face GPT-2 directory holds ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``). Besides
+the names (``wte`` is our ``tok_emb``, ``h.3.ln_1`` our ``trf_blocks.3.norm1``, ...) two things differ in shape:
+
+- GPT-2's linear layers are ``Conv1D`` modules that store their weight as (in, out); ``nn.Linear`` stores (out, in).
+- GPT-2's attention has one fused projection ``c_attn`` whose output is q | k | v side by side; ours has three.
+
+Loading never holds two full copies of the weights: the model is built on the meta device (shapes, no memory),
+the file is read one tensor at a time, and each tensor becomes the model's parameter as it is (``assign=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from gpt.model import GPTConfig, GPTModel
+from gpt.tokenizer import Tokenizer, load_tokenizer
+
+HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's four sizes on the Hugging Face hub
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # preferred first
+# GPT-2's choices that our GPTModel hard-codes; a config.json asking for anything else is refused.
+FIXED = {
+    "activation_function": "gelu_new",  # GELU, tanh approximation
+    "layer_norm_epsilon": 1e-5,
+    "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False,
+    "reorder_and_upcast_attn": False,
+}
+# Names inside block i (GPT-2 "h.i." -> ours "trf_blocks.i."), except the fused c_attn.
+BLOCK = {
+    "ln_1.weight": "norm1.scale",
+    "ln_1.bias": "norm1.shift",
+    "ln_2.weight": "norm2.scale",
+    "ln_2.bias": "norm2.shift",
+    "attn.c_proj.weight": "att.out_proj.weight",
+    "attn.c_proj.bias": "att.out_proj.bias",
+    "mlp.c_fc.weight": "ff.layers.0.weight",
+    "mlp.c_fc.bias": "ff.layers.0.bias",
+    "mlp.c_proj.weight": "ff.layers.2.weight",
+    "mlp.c_proj.bias": "ff.layers.2.bias",
+}
+CONV1D = {"attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"}  # stored (in, out)
+QKV = ("att.W_query", "att.W_key", "att.W_value")  # c_attn's three parts, in order
+TOP = {
+    "wte.weight": "tok_emb.weight",
+    "wpe.weight": "pos_emb.weight",
+    "ln_f.weight": "final_norm.scale",
+    "ln_f.bias": "final_norm.shift",
+    "lm_head.weight": "out_head.weight",
+}
+
+
+# ---------------------------------------------------------------------------------------------------- config
+
+
+def config_from_hf(hf: dict) -> GPTConfig:
+    """Our GPTConfig from a GPT-2 ``config.json``: qkv bias always on (c_attn has one), head tied unless it says not."""
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"config.json describes a {hf['model_type']!r} model; only GPT-2 (model_type gpt2) loads")
+    for key, value in FIXED.items():
+        if hf.get(key, value) != value:
+            raise ValueError(f"config.json sets {key}={hf[key]!r}; GPTModel implements only GPT-2's {value!r}")
+    if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
+        raise ValueError(f"config.json sets n_inner={hf['n_inner']}; GPTModel's feed-forward is 4 x n_embd wide")
+    return GPTConfig(
+        vocab_size=hf["vocab_size"],
+        context_length=hf.get("n_positions", hf.get("n_ctx")),
+        emb_dim=hf["n_embd"],
+        n_heads=hf["n_head"],
+        n_layers=hf["n_layer"],
+        drop_rate=hf.get("resid_pdrop", 0.1),
+        qkv_bias=True,
+        tie_weights=hf.get("tie_word_embeddings", True),
+    )
+
+
+def config_to_hf(cfg: GPTConfig, eos_id: int | None) -> dict:
+    """A ``config.json`` for ``transformers.GPT2LMHeadModel`` describing ``cfg``."""
+    return {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.context_length,
+        "n_embd": cfg.emb_dim,
+        "n_head": cfg.n_heads,
+        "n_layer": cfg.n_layers,
+        "n_inner": None,
+        "resid_pdrop": cfg.drop_rate,
+        "embd_pdrop": cfg.drop_rate,
+        "attn_pdrop": cfg.drop_rate,
+        "tie_word_embeddings": True,
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "torch_dtype": "float32",
+        **FIXED,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- names
+
+
+def hf_to_ours(name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """One GPT-2 tensor -> our name(s) and tensor(s), transposed to (out, in) and with c_attn split in three.
+    Names may carry the ``transformer.`` prefix (as save_pretrained writes them) or not (as OpenAI's files do)."""
+    name = name.removeprefix("transformer.")
+    if name in TOP:
+        return [(TOP[name], tensor)]
+    if not name.startswith("h."):
+        raise ValueError(f"unexpected tensor {name!r} in a GPT-2 weights file")
+    _, layer, part = name.split(".", 2)
+    prefix = f"trf_blocks.{layer}."
+    if part in CONV1D:
+        tensor = tensor.t()
+    if part.startswith("attn.c_attn."):
+        kind = part.rsplit(".", 1)[1]  # weight (3C, C) after the transpose, or bias (3C,)
+        return [(f"{prefix}{q}.{kind}", t.contiguous()) for q, t in zip(QKV, tensor.chunk(3, dim=0))]
+    if part not in BLOCK:
+        raise ValueError(f"unexpected tensor {name!r} in a GPT-2 weights file")
+    return [(prefix + BLOCK[part], tensor.contiguous())]
+
+
+def ours_to_hf(model: GPTModel) -> dict[str, torch.Tensor]:
+    """Our parameters under GPT-2's names and shapes (as save_pretrained writes them; the tied head is left out)."""
+    state = model.state_dict()
+    out = {f"transformer.{hf}": state[ours] for hf, ours in TOP.items() if hf != "lm_head.weight"}
+    for i in range(model.cfg.n_layers):
+        p, h = f"trf_blocks.{i}.", f"transformer.h.{i}."
+        for hf, ours in BLOCK.items():
+            out[h + hf] = state[p + ours].t() if hf in CONV1D else state[p + ours]
+        out[h + "attn.c_attn.weight"] = torch.cat([state[f"{p}{q}.weight"] for q in QKV], dim=0).t()
+        out[h + "attn.c_attn.bias"] = torch.cat([state[f"{p}{q}.bias"] for q in QKV], dim=0)
+    return {name: t.detach().float().contiguous() for name, t in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------------- files
+
+
+def resolve_pretrained(name_or_dir: str | Path) -> Path:
+    """A local directory as given, or the directory holding a hub id's files once fetched."""
+    path = Path(name_or_dir).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or str(name_or_dir).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{name_or_dir} is not a directory; give a directory with config.json and "
+                                f"model.safetensors, or a hub id such as {', '.join(HUB_IDS)}")
+    return download(str(name_or_dir))
+
+
+def download(repo_id: str) -> Path:
+    """Fetch config.json and the weights of ``repo_id`` from the Hugging Face hub (or its local cache)."""
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+    except ImportError as e:
+        raise ValueError(f"fetching {repo_id!r} needs huggingface_hub (pip install huggingface_hub), "
+                         "or give a local directory") from e
+    try:
+        config = Path(hf_hub_download(repo_id, "config.json"))
+        try:
+            hf_hub_download(repo_id, "model.safetensors")
+        except EntryNotFoundError:
+            hf_hub_download(repo_id, "pytorch_model.bin")
+    except Exception as e:  # offline, unknown repo, gated repo, ...: all mean the weights cannot be had
+        raise ValueError(f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}); it is not a "
+                         "local directory either. Check the name and the network, or give a local directory") from e
+    return config.parent
+
+
+def weights_file(directory: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    raise FileNotFoundError(f"no {' or '.join(WEIGHT_FILES)} in {directory}")
+
+
+def read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of a weights file, one at a time (safetensors), or memory-mapped (a pickle .bin)."""
+    if path.suffix == ".safetensors":
+        with safe_open(path, framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+        return
+    try:
+        # weights_only: tensors and plain containers only, so a crafted file cannot run code while loading.
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path} holds more than tensors; refusing to unpickle it (it could run code)") from e
+    yield from state.items()
+
+
+# ---------------------------------------------------------------------------------------------------- load / export
+
+
+def model_from_state(cfg: GPTConfig, state: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> GPTModel:
+    """A GPTModel whose parameters ARE the given tensors (no copy, no random initialisation first)."""
+    with torch.device("meta"):
+        model = GPTModel(cfg)  # shapes only
+    expected = set(model.state_dict())
+    if set(state) != expected:
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(f"the weights do not fit a GPTModel of {cfg}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.load_state_dict(state, assign=True)
+    if cfg.tie_weights:
+        model.out_head.weight = model.tok_emb.weight  # assign gave the two names two Parameters: share one again
+    # Buffers such as the causal masks are computed from the config, never stored: take them from a twin model
+    # of the same length and depth whose layers are one number wide (no memory to speak of).
+    with torch.device(device):
+        twin = GPTModel(replace(cfg, vocab_size=1, emb_dim=cfg.n_heads))
+    for name, buffer in twin.named_buffers():
+        module_name, _, leaf = name.rpartition(".")
+        model.get_submodule(module_name).register_buffer(leaf, buffer, persistent=False)
+    return model.to(device)
+
+
+def load_pretrained(name_or_dir: str | Path, device: str | torch.device = "cpu") -> tuple[GPTModel, Tokenizer]:
+    """GPT-2 weights in the Hugging Face layout (a local directory or a hub id) -> GPTModel in eval mode, and its
+    tokenizer (GPT-2 BPE, unless the directory was exported from one of our checkpoints with another tokenizer)."""
+    directory = resolve_pretrained(name_or_dir)
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"no config.json in {directory}")
+    hf = json.loads(config_file.read_text())
+    cfg = config_from_hf(hf)
+    state = {}
+    for name, tensor in read_tensors(weights_file(directory)):
+        if name.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # older files store GPT-2's causal mask as a buffer: computed here, not loaded
+        for ours, t in hf_to_ours(name, tensor):
+            state[ours] = t.to(device=device, dtype=torch.float32)
+    if cfg.tie_weights:
+        state["out_head.weight"] = state["tok_emb.weight"]  # a tied file may or may not also store lm_head
+    model = model_from_state(cfg, state, device)
+    return model.eval(), load_tokenizer(hf.get("gpt_tokenizer", {"name": "gpt2"}))
+
+
+def export_hf(model: GPTModel, tokenizer_config: dict, eos_id: int | None, directory: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` that ``transformers.GPT2LMHeadModel.from_pretrained`` loads."""
+    cfg = model.cfg
+    if not cfg.tie_weights:
+        raise ValueError("GPT-2 shares its token embedding with the output head, and this model has its own head "
+                         "(model.tie_weights=false); only a model trained with model.tie_weights=true exports")
+    if not cfg.qkv_bias:
+        raise ValueError("GPT-2's q/k/v projection has a bias and this model's has none (model.qkv_bias=false); "
+                         "only a model trained with model.qkv_bias=true exports")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    hf = config_to_hf(cfg, eos_id)
+    hf["gpt_tokenizer"] = tokenizer_config  # read back by load_pretrained; transformers ignores it
+    (directory / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+    save_file(ours_to_hf(model), directory / "model.safetensors", metadata={"format": "pt"})
+    return directory
