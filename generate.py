@@ -1,4 +1,4 @@
-"""Sample text from a trained GPT: python generate.py ckpt=<file or run dir> prompt="..." [temperature=0 ...]
+"""Sample text from a GPT: python generate.py ckpt=<file or run dir> | pretrained=<hub id or dir> prompt="..." [...]
 
 Imports neither Lightning nor transformers, so it starts in about the time torch takes to import.
 """
@@ -15,15 +15,18 @@ from omegaconf import DictConfig
 def run(cfg: DictConfig) -> None:
     import torch
 
-    from gpt.checkpoint import load_checkpoint
+    from gpt.checkpoint import load_model
     from gpt.generation import check_sampling, generate_tokens
 
     if not cfg.prompt:
         raise ValueError('prompt is empty; give some text to continue, e.g. prompt="And God said"')
-    model, tokenizer = load_checkpoint(hydra.utils.to_absolute_path(cfg.ckpt), map_location=cfg.device)
+    ckpt = cfg.ckpt and hydra.utils.to_absolute_path(cfg.ckpt)
+    model, tokenizer = load_model(ckpt, cfg.pretrained, map_location=cfg.device)
     check_sampling(cfg.temperature, cfg.top_k, cfg.top_p, model.cfg.vocab_size)
     ctx = model.cfg.context_length
     ids = tokenizer.encode(cfg.prompt)[-ctx:]  # a prompt longer than the context keeps its last tokens
+    if max(ids) >= model.cfg.vocab_size:
+        raise ValueError(f"the prompt has token id {max(ids)}, beyond the model's {model.cfg.vocab_size} tokens")
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     print(tokenizer.decode(ids), end="", flush=True)
     stream = generate_tokens(

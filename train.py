@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
 
@@ -15,6 +15,12 @@ USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
 def absolute(path: str | None) -> str | None:
     """Paths on the command line are relative to where the user ran the command."""
     return None if path is None else hydra.utils.to_absolute_path(path)
+
+
+def absolute_or_hub_id(name: str) -> str:
+    """A path relative to where the user ran the command if it exists there, else the name as given (a hub id)."""
+    path = absolute(name)
+    return path if Path(path).exists() else name
 
 
 def model_config(cfg: DictConfig, n_vocab: int) -> dict:
@@ -34,6 +40,33 @@ def model_config(cfg: DictConfig, n_vocab: int) -> dict:
     return model
 
 
+def model_overrides(overrides: list[str]) -> set[str]:
+    """The model fields chosen on the command line: ``model.emb_dim=64`` names one, ``model=gpt2-small`` all."""
+    keys = set()
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "model":
+            keys.add("*")
+        elif key.startswith("model."):
+            keys.add(key.removeprefix("model."))
+    return keys
+
+
+def pretrained_model_config(cfg: DictConfig, weights: dict, chosen: set[str]) -> dict:
+    """init_from: the model's fields are the weights'. A value chosen on the command line must agree with them,
+    except model.drop_rate (not part of the weights)."""
+    model = dict(weights)
+    for key in weights if "*" in chosen else chosen & set(weights):
+        if key == "drop_rate":
+            model[key] = cfg.model.drop_rate
+        elif cfg.model[key] is not None and cfg.model[key] != weights[key]:
+            raise ValueError(
+                f"model.{key}={cfg.model[key]} conflicts with the weights of init_from={cfg.init_from}, which have "
+                f"{key}={weights[key]}; drop that override (with init_from the model's shape comes from the weights)"
+            )
+    return model
+
+
 def train(cfg: DictConfig) -> None:
     import lightning as L
     import torch
@@ -47,6 +80,16 @@ def train(cfg: DictConfig) -> None:
     from gpt.tokenizer import build_tokenizer
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    pretrained = None
+    if cfg.init_from:
+        from gpt.pretrained import load_pretrained
+
+        if cfg.ckpt_path:
+            raise ValueError("give init_from (start from pretrained weights) or ckpt_path (resume a run), not both")
+        pretrained, _ = load_pretrained(absolute_or_hub_id(cfg.init_from))
+        chosen = model_overrides(HydraConfig.get().overrides.task)
+        with open_dict(cfg):  # data.max_length etc. now follow the weights' context length
+            cfg.model = pretrained_model_config(cfg, pretrained.cfg.to_dict(), chosen)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them; no effect on CPU
 
@@ -58,6 +101,10 @@ def train(cfg: DictConfig) -> None:
         tokenizer=tokenizer.to_config(),
         sample=OmegaConf.to_container(cfg.sample, resolve=True),
     )
+    if pretrained is not None:
+        module.model.load_state_dict(pretrained.state_dict())
+        del pretrained
+        print(f"initialised from {cfg.init_from}")
     n_params = module.model.num_parameters()
     print(f"model: {n_params:,} parameters, {n_params * 4 / 2**20:.2f} MB in fp32")
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
 
 from gpt.model import GPTConfig, GPTModel
+from gpt.pretrained import load_pretrained
 from gpt.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -27,7 +29,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """The GPTModel (in eval mode) and the tokenizer stored in a checkpoint written by train.py."""
     path = resolve_checkpoint(path)
     # weights_only: tensors and plain containers only, so a crafted file cannot run code while loading.
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path} holds more than tensors and plain values; refusing to unpickle it (it could run "
+                         "code). Checkpoints written by train.py never do") from e
     hparams = ckpt.get("hyper_parameters", {})
     if "model" not in hparams or "tokenizer" not in hparams:
         raise ValueError(f"{path} is not a checkpoint written by train.py (no model/tokenizer hyperparameters)")
@@ -35,3 +41,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
     return model.eval(), load_tokenizer(hparams["tokenizer"])
+
+
+def load_model(
+    ckpt: str | Path | None, pretrained: str | Path | None, map_location: str | torch.device = "cpu"
+) -> tuple[GPTModel, Tokenizer]:
+    """Exactly one of: a checkpoint of ours (file or run directory), or pretrained GPT-2 weights (hub id or directory)."""
+    if (ckpt is None) == (pretrained is None):
+        raise ValueError("give exactly one of ckpt=<checkpoint file or run directory> or pretrained=<hub id or directory>")
+    if ckpt is not None:
+        return load_checkpoint(ckpt, map_location)
+    return load_pretrained(pretrained, map_location)

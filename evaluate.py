@@ -1,0 +1,51 @@
+"""Loss and perplexity of a model on a text:
+python evaluate.py ckpt=<file or run dir> | pretrained=<hub id or dir> data.path=<text file> [data.batch_size=8 ...]
+
+Reuses the data config (source, path, max_length, batch_size); imports neither Lightning nor transformers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+
+def run(cfg: DictConfig) -> None:
+    import torch
+
+    from gpt.checkpoint import load_model
+    from gpt.corpus import load_corpus
+    from gpt.evaluation import mean_next_token_loss
+
+    ckpt = cfg.ckpt and hydra.utils.to_absolute_path(cfg.ckpt)
+    model, tokenizer = load_model(ckpt, cfg.pretrained, map_location=cfg.device)
+    path = cfg.data.path and hydra.utils.to_absolute_path(cfg.data.path)
+    ids = torch.tensor(tokenizer.encode(load_corpus(cfg.data.source, path)), device=cfg.device)
+    if len(ids) and int(ids.max()) >= model.cfg.vocab_size:
+        raise ValueError(f"the text has token id {int(ids.max())}, beyond the model's {model.cfg.vocab_size} tokens")
+    max_length = cfg.data.max_length or model.cfg.context_length
+    if max_length > model.cfg.context_length:
+        raise ValueError(f"data.max_length={max_length} is longer than the model's context {model.cfg.context_length}")
+    loss, n_tokens = mean_next_token_loss(model, ids, max_length, cfg.data.batch_size)
+    print(f"loss: {loss:.4f}")
+    print(f"perplexity: {math.exp(loss):.2f}")
+    print(f"tokens: {n_tokens} (windows of {max_length})")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

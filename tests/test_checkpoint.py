@@ -1,0 +1,35 @@
+"""Checkpoints are read with weights-only unpickling: a crafted file cannot run code."""
+
+import pickle
+
+import pytest
+import torch
+
+from gpt.checkpoint import load_checkpoint, load_model
+
+
+class RunsCode:
+    """Unpickling this calls open(path, "w"): the file appears if and only if code ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = {"hyper_parameters": {"model": {}, "tokenizer": {"name": "gpt2"}}, "state_dict": {}, "x": RunsCode(marker)}
+    torch.save(evil, tmp_path / "evil.ckpt")
+    with pytest.raises(ValueError, match="refusing to unpickle"):
+        load_checkpoint(tmp_path / "evil.ckpt")
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(RunsCode(marker)))  # the same object through plain pickle does run code
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("ckpt, pretrained", [(None, None), ("a.ckpt", "gpt2")])
+def test_load_model_needs_exactly_one_source(ckpt, pretrained):
+    with pytest.raises(ValueError, match="exactly one of ckpt"):
+        load_model(ckpt, pretrained)
