@@ -6,20 +6,20 @@ the names (``wte`` is our ``tok_emb``, ``h.3.ln_1`` our ``trf_blocks.3.norm1``, 
 - GPT-2's linear layers are ``Conv1D`` modules that store their weight as (in, out); ``nn.Linear`` stores (out, in).
 - GPT-2's attention has one fused projection ``c_attn`` whose output is q | k | v side by side; ours has three.
 
-Loading never holds two full copies of the weights: the model is built on the meta device (shapes, no memory),
-the file is read one tensor at a time, and each tensor becomes the model's parameter as it is (``assign=True``).
+Loading never holds two full copies of the weights: the model's memory is reserved without a random fill, and the
+file is read one tensor at a time (no memory map) and copied into place. Peak RSS: see benchmarks/load_rss.py.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+import torch.nn as nn
 from safetensors.torch import save_file
 
 from gpt.model import GPTConfig, GPTModel
@@ -27,6 +27,7 @@ from gpt.tokenizer import Tokenizer, load_tokenizer
 
 HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's four sizes on the Hugging Face hub
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # preferred first
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 # GPT-2's choices that our GPTModel hard-codes; a config.json asking for anything else is refused.
 FIXED = {
     "activation_function": "gelu_new",  # GELU, tanh approximation
@@ -118,14 +119,15 @@ def hf_to_ours(name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]
         raise ValueError(f"unexpected tensor {name!r} in a GPT-2 weights file")
     _, layer, part = name.split(".", 2)
     prefix = f"trf_blocks.{layer}."
+    # Views, not copies: load_weights copies each into the model's (out, in) layout once.
     if part in CONV1D:
         tensor = tensor.t()
     if part.startswith("attn.c_attn."):
         kind = part.rsplit(".", 1)[1]  # weight (3C, C) after the transpose, or bias (3C,)
-        return [(f"{prefix}{q}.{kind}", t.contiguous()) for q, t in zip(QKV, tensor.chunk(3, dim=0))]
+        return [(f"{prefix}{q}.{kind}", t) for q, t in zip(QKV, tensor.chunk(3, dim=0))]
     if part not in BLOCK:
         raise ValueError(f"unexpected tensor {name!r} in a GPT-2 weights file")
-    return [(prefix + BLOCK[part], tensor.contiguous())]
+    return [(prefix + BLOCK[part], tensor)]
 
 
 def ours_to_hf(model: GPTModel) -> dict[str, torch.Tensor]:
@@ -183,62 +185,99 @@ def weights_file(directory: Path) -> Path:
 
 
 def read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """The tensors of a weights file, one at a time (safetensors), or memory-mapped (a pickle .bin)."""
+    """The tensors of a weights file, one at a time, each in memory of its own that nothing else holds."""
     if path.suffix == ".safetensors":
-        with safe_open(path, framework="pt") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+        yield from read_safetensors(path)
         return
     try:
         # weights_only: tensors and plain containers only, so a crafted file cannot run code while loading.
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(f"{path} holds more than tensors; refusing to unpickle it (it could run code)") from e
-    yield from state.items()
+    while state:
+        yield state.popitem()  # the dict lets go of each tensor as it is handed over
+
+
+def read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """A safetensors file is 8 bytes (little-endian header size), a JSON header {name: {dtype, shape, data_offsets}},
+    then the raw bytes. Each tensor is read with a plain read into fresh memory: a memory map (what safe_open uses)
+    would keep every page it touched resident, a second copy of the weights as far as RSS goes."""
+    with open(path, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_size))
+        header.pop("__metadata__", None)
+        for name, info in header.items():
+            if info["dtype"] not in SAFETENSORS_DTYPES:
+                raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}, not a float type GPT-2 uses")
+            start, end = info["data_offsets"]
+            tensor = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
+            f.seek(8 + header_size + start)
+            if f.readinto(tensor.reshape(-1).view(torch.uint8).numpy()) != end - start:
+                raise ValueError(f"{path} is truncated: tensor {name} is incomplete")
+            yield name, tensor
 
 
 # ---------------------------------------------------------------------------------------------------- load / export
 
 
-def model_from_state(cfg: GPTConfig, state: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> GPTModel:
-    """A GPTModel whose parameters ARE the given tensors (no copy, no random initialisation first)."""
-    with torch.device("meta"):
-        model = GPTModel(cfg)  # shapes only
-    expected = set(model.state_dict())
-    if set(state) != expected:
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise ValueError(f"the weights do not fit a GPTModel of {cfg}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.load_state_dict(state, assign=True)
-    if cfg.tie_weights:
-        model.out_head.weight = model.tok_emb.weight  # assign gave the two names two Parameters: share one again
-    # Buffers such as the causal masks are computed from the config, never stored: take them from a twin model
-    # of the same length and depth whose layers are one number wide (no memory to speak of).
-    with torch.device(device):
-        twin = GPTModel(replace(cfg, vocab_size=1, emb_dim=cfg.n_heads))
-    for name, buffer in twin.named_buffers():
-        module_name, _, leaf = name.rpartition(".")
-        model.get_submodule(module_name).register_buffer(leaf, buffer, persistent=False)
-    return model.to(device)
+@contextmanager
+def no_random_init() -> Iterator[None]:
+    """Inside, nn.init's random fills do nothing, so a new model's weights are only reserved (torch.empty: memory the
+    OS hands out when first written). For a model whose every value is about to be read from a file, drawing the
+    random numbers first would cost seconds (355M of them for gpt2-medium) and touch all of that memory."""
+    names = ("normal_", "uniform_", "kaiming_uniform_")
+    saved = {name: getattr(nn.init, name) for name in names}
+    for name in names:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+def load_weights(model: GPTModel, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Copy (our name, tensor) pairs into the model, one at a time; a name missing, unknown or misshapen is an error."""
+    params = model.state_dict()  # name -> the model's own memory
+    tied = model.cfg.tie_weights
+    if tied:
+        del params["out_head.weight"]  # the very tensor tok_emb.weight is
+    loaded = set()
+    for name, tensor in tensors:
+        if tied and name == "out_head.weight":
+            continue  # some files of tied models store the head as well
+        if name not in params:
+            raise ValueError(f"the weights hold {name!r}, which a GPTModel of {model.cfg} does not have")
+        if params[name].shape != tensor.shape:
+            raise ValueError(f"{name} is {tuple(tensor.shape)} in the weights, {tuple(params[name].shape)} in the model")
+        params[name].copy_(tensor)  # transposes into our layout, converts to fp32 / moves to the device if needed
+        loaded.add(name)
+    if missing := sorted(set(params) - loaded):
+        raise ValueError(f"the weights lack {len(missing)} tensor(s) a GPTModel of {model.cfg} needs: {missing[:5]}")
 
 
 def load_pretrained(name_or_dir: str | Path, device: str | torch.device = "cpu") -> tuple[GPTModel, Tokenizer]:
     """GPT-2 weights in the Hugging Face layout (a local directory or a hub id) -> GPTModel in eval mode, and its
-    tokenizer (GPT-2 BPE, unless the directory was exported from one of our checkpoints with another tokenizer)."""
+    tokenizer (GPT-2 BPE, unless the directory was exported from one of our checkpoints with another tokenizer).
+
+    Peak memory is the model plus one tensor: the model's memory is reserved without a random fill, and the file
+    is read one tensor at a time, each copied into place and let go."""
     directory = resolve_pretrained(name_or_dir)
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"no config.json in {directory}")
     hf = json.loads(config_file.read_text())
-    cfg = config_from_hf(hf)
-    state = {}
-    for name, tensor in read_tensors(weights_file(directory)):
-        if name.endswith((".attn.bias", ".attn.masked_bias")):
-            continue  # older files store GPT-2's causal mask as a buffer: computed here, not loaded
-        for ours, t in hf_to_ours(name, tensor):
-            state[ours] = t.to(device=device, dtype=torch.float32)
-    if cfg.tie_weights:
-        state["out_head.weight"] = state["tok_emb.weight"]  # a tied file may or may not also store lm_head
-    model = model_from_state(cfg, state, device)
+    with torch.device(device), no_random_init():
+        model = GPTModel(config_from_hf(hf))
+    tensors = (
+        pair
+        for name, tensor in read_tensors(weights_file(directory))
+        # older files store GPT-2's causal mask as a buffer: the model computes its own
+        if not name.endswith((".attn.bias", ".attn.masked_bias"))
+        for pair in hf_to_ours(name, tensor)
+    )
+    with torch.no_grad():
+        load_weights(model, tensors)
     return model.eval(), load_tokenizer(hf.get("gpt_tokenizer", {"name": "gpt2"}))
 
 

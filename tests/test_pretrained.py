@@ -11,7 +11,7 @@ import torch
 
 from gpt.generation import generate
 from gpt.model import GPTConfig, GPTModel
-from gpt.pretrained import config_from_hf, export_hf, load_pretrained, model_from_state
+from gpt.pretrained import config_from_hf, export_hf, load_pretrained, load_weights
 
 transformers = pytest.importorskip("transformers")
 
@@ -117,13 +117,17 @@ def test_a_config_gpt_model_cannot_compute_is_refused():
         config_from_hf({**base, "model_type": "llama"})
 
 
-def test_weights_that_do_not_fit_the_config_are_a_clear_error():
+def test_weights_that_do_not_fit_the_model_are_a_clear_error():
     cfg = GPTConfig(vocab_size=10, context_length=8, emb_dim=8, n_heads=2, n_layers=1, drop_rate=0.0,
                     qkv_bias=True, tie_weights=True)
     state = GPTModel(cfg).state_dict()
-    del state["final_norm.shift"]
-    with pytest.raises(ValueError, match="missing.*final_norm.shift"):
-        model_from_state(cfg, state)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="lack 1 tensor.*final_norm.shift"):
+            load_weights(GPTModel(cfg), [(k, v) for k, v in state.items() if k != "final_norm.shift"])
+        with pytest.raises(ValueError, match=r"pos_emb.weight is \(9, 8\) in the weights, \(8, 8\) in the model"):
+            load_weights(GPTModel(cfg), [("pos_emb.weight", torch.zeros(9, 8))])
+        with pytest.raises(ValueError, match="'lm_bias'"):
+            load_weights(GPTModel(cfg), [("lm_bias", torch.zeros(1))])
 
 
 class RunsCode:
