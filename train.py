@@ -1,4 +1,7 @@
-"""Pretrain a GPT: python train.py [group=option ...] [key=value ...]   (python train.py --cfg job shows the config)"""
+"""Train a GPT: python train.py [task=pretrain|classify|instruct] [group=option ...] [key=value ...]
+
+(python train.py --cfg job shows the config)
+"""
 
 from __future__ import annotations
 
@@ -34,6 +37,97 @@ def model_config(cfg: DictConfig, n_vocab: int) -> dict:
     return model
 
 
+def start_from(cfg: DictConfig):
+    """(state_dict, tokenizer) of ``init_from``, after giving cfg.model its shape; (None, None) for random weights."""
+    if cfg.init_from is None:
+        return None, None
+    from gpt.checkpoint import initial_weights
+
+    model, tokenizer = initial_weights(absolute(cfg.init_from))
+    cfg.model = OmegaConf.create(model.cfg.to_dict())  # the shape of the weights, whatever model= said
+    print(f"starting from {cfg.init_from}")
+    return model.state_dict(), tokenizer
+
+
+def build_pretrain(cfg: DictConfig):
+    from gpt.corpus import load_corpus
+    from gpt.data import GPTDataModule
+    from gpt.module import GPTLightningModule
+    from gpt.tokenizer import build_tokenizer
+
+    state, tokenizer = start_from(cfg)
+    text = load_corpus(cfg.data.source, absolute(cfg.data.path))
+    tokenizer = tokenizer or build_tokenizer(cfg.tokenizer.name, text)
+    module = GPTLightningModule(
+        model=model_config(cfg, tokenizer.n_vocab),
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        tokenizer=tokenizer.to_config(),
+        sample=OmegaConf.to_container(cfg.sample, resolve=True),
+    )
+    if state is not None:
+        module.model.load_state_dict(state)
+    d = cfg.data
+    datamodule = GPTDataModule(
+        text, tokenizer, d.max_length, d.stride, d.batch_size, d.val_ratio, d.num_workers, absolute(d.cache_dir)
+    )
+    return module, datamodule
+
+
+def finetune_start(cfg: DictConfig):
+    """What classify and instruct share: the starting weights, a tokenizer with <|endoftext|>, the data file."""
+    from gpt.finetune.data import data_file
+    from gpt.tokenizer import build_tokenizer
+
+    state, tokenizer = start_from(cfg)
+    tokenizer = tokenizer or build_tokenizer(cfg.tokenizer.name, "")
+    if tokenizer.eot_id is None:
+        raise ValueError(f"fine-tuning needs a tokenizer with <|endoftext|> (tokenizer=gpt2), not {tokenizer.name}")
+    d = cfg.data
+    path = data_file(absolute(d.path), d.url, d.sha256, d.member, absolute(d.cache_dir))
+    common = dict(model=model_config(cfg, tokenizer.n_vocab), optim=OmegaConf.to_container(cfg.optim, resolve=True),
+                  tokenizer=tokenizer.to_config(), base_state=state)
+    return tokenizer, path, common
+
+
+def build_classify(cfg: DictConfig):
+    from gpt.finetune.classification import balance, read_labeled, split
+    from gpt.finetune.data import ClassificationDataModule
+    from gpt.finetune.module import ClassifierModule
+
+    tokenizer, path, common = finetune_start(cfg)
+    d = cfg.data
+    rows = read_labeled(path)
+    labels = list(d.labels) if d.labels is not None else sorted({label for _, label in rows})
+    rows = balance(rows, cfg.seed) if d.balance else rows
+    splits = split(rows, list(d.split), cfg.seed)
+    print(f"{path.name}: {len(rows)} texts, labels {labels}; train/val/test {[len(s) for s in splits]}")
+    task = {**OmegaConf.to_container(cfg.task, resolve=True), "labels": labels}
+    module = ClassifierModule(task=task, **common)
+    datamodule = ClassificationDataModule(splits, tokenizer, labels, d.max_length, d.batch_size, d.num_workers)
+    return module, datamodule
+
+
+def build_instruct(cfg: DictConfig):
+    import json
+
+    from gpt.finetune.data import InstructionDataModule
+    from gpt.finetune.instruction import check_records, split_records
+    from gpt.finetune.module import InstructModule
+
+    tokenizer, path, common = finetune_start(cfg)
+    d = cfg.data
+    records = check_records(json.loads(path.read_text(encoding="utf-8")), str(path))
+    splits = split_records(records, list(d.split), cfg.seed if d.shuffle else None)
+    print(f"{path.name}: {len(records)} records; train/val/test {[len(s) for s in splits]}")
+    module = InstructModule(task=OmegaConf.to_container(cfg.task, resolve=True), **common)
+    datamodule = InstructionDataModule(splits, tokenizer, d.max_length, cfg.task.mask_prompt, d.batch_size,
+                                       d.num_workers)
+    return module, datamodule
+
+
+BUILDERS = {"pretrain": build_pretrain, "classify": build_classify, "instruct": build_instruct}
+
+
 def train(cfg: DictConfig) -> None:
     import lightning as L
     import torch
@@ -41,30 +135,19 @@ def train(cfg: DictConfig) -> None:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from gpt.corpus import load_corpus
-    from gpt.data import GPTDataModule
-    from gpt.module import GPTLightningModule
-    from gpt.tokenizer import build_tokenizer
+    from gpt.finetune.lora import count_trainable
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them; no effect on CPU
 
-    text = load_corpus(cfg.data.source, absolute(cfg.data.path))
-    tokenizer = build_tokenizer(cfg.tokenizer.name, text)
-    module = GPTLightningModule(
-        model=model_config(cfg, tokenizer.n_vocab),
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        tokenizer=tokenizer.to_config(),
-        sample=OmegaConf.to_container(cfg.sample, resolve=True),
-    )
-    n_params = module.model.num_parameters()
-    print(f"model: {n_params:,} parameters, {n_params * 4 / 2**20:.2f} MB in fp32")
+    task = cfg.task.name
+    if task not in BUILDERS:
+        raise ValueError(f"task.name must be one of {', '.join(BUILDERS)}, got {task!r}")
+    module, datamodule = BUILDERS[task](cfg)
+    trainable, n_params = count_trainable(module.model)
+    print(f"model: {n_params:,} parameters, {n_params * 4 / 2**20:.2f} MB in fp32; {trainable:,} trainable")
 
-    d = cfg.data
-    datamodule = GPTDataModule(
-        text, tokenizer, d.max_length, d.stride, d.batch_size, d.val_ratio, d.num_workers, absolute(d.cache_dir)
-    )
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         default_root_dir=run_dir,
@@ -76,16 +159,32 @@ def train(cfg: DictConfig) -> None:
             LearningRateMonitor(logging_interval="step"),
         ],
     )
+    if task != "pretrain" and cfg.ckpt_path is None:
+        before = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        print("before fine-tuning: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(before.items())))
     trainer.fit(module, datamodule=datamodule, ckpt_path=absolute(cfg.ckpt_path))
-
-    if trainer.is_global_zero:
-        best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if task != "pretrain":
+        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    if not trainer.is_global_zero:
+        return
+    print(f"\nval/loss: {val.get('val/loss', float('nan')):.4f}")
+    if task == "pretrain":
         sample = module.sample_text(cfg.sample.prompt, cfg.sample.max_new_tokens, seed=cfg.seed)
-        print(f"\nsample: {sample!r}")
-        print(f"val/loss: {trainer.callback_metrics.get('val/loss', float('nan')):.4f}")
-        print(f"run directory: {run_dir}")
-        print(f"TensorBoard:   tensorboard --logdir {run_dir / 'tensorboard'}")
+        print(f"sample: {sample!r}")
+    elif task == "classify":
+        print(f"val/acc: {val['val/acc']:.4f}  test/acc: {tested[0]['test/acc']:.4f}")
+    else:
+        print(f"test answers:  {module.responses_path}")
+    print(f"run directory: {run_dir}")
+    print(f"TensorBoard:   tensorboard --logdir {run_dir / 'tensorboard'}")
+    if task == "pretrain":
         print(f"sample it:     python generate.py ckpt={best} prompt=\"{cfg.sample.prompt}\"")
+    elif task == "classify":
+        print(f"label texts:   python classify.py ckpt={best} text=\"...\"")
+    else:
+        print(f"chat with it:  python generate.py ckpt={best} chat=true")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

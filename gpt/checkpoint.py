@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from gpt.finetune.lora import merge_lora
+from gpt.finetune.task import adapt_model
 from gpt.model import GPTConfig, GPTModel
 from gpt.tokenizer import Tokenizer, load_tokenizer
 
@@ -23,15 +25,33 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GPTModel, Tokenizer]:
-    """The GPTModel (in eval mode) and the tokenizer stored in a checkpoint written by train.py."""
+def load_trained(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GPTModel, Tokenizer, dict]:
+    """The GPTModel (in eval mode), its tokenizer and its task config (``{"name": "pretrain"}`` for a pretrained
+    model) from a checkpoint written by train.py. A fine-tuned model comes back with its task's head, and with any
+    LoRA adapters merged into plain weights."""
     path = resolve_checkpoint(path)
     # weights_only: tensors and plain containers only, so a crafted file cannot run code while loading.
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     hparams = ckpt.get("hyper_parameters", {})
     if "model" not in hparams or "tokenizer" not in hparams:
         raise ValueError(f"{path} is not a checkpoint written by train.py (no model/tokenizer hyperparameters)")
-    model = GPTModel(GPTConfig(**hparams["model"]))
+    task = hparams.get("task") or {"name": "pretrain"}
+    model = adapt_model(GPTModel(GPTConfig(**hparams["model"])), task)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
-    return model.eval(), load_tokenizer(hparams["tokenizer"])
+    return merge_lora(model).eval(), load_tokenizer(hparams["tokenizer"]), task
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GPTModel, Tokenizer]:
+    """The GPTModel (in eval mode) and the tokenizer stored in a checkpoint written by train.py."""
+    model, tokenizer, _ = load_trained(path, map_location)
+    return model, tokenizer
+
+
+def initial_weights(init_from: str) -> tuple[GPTModel, Tokenizer]:
+    """The language model a run starts from (``init_from``): a checkpoint of ours (a .ckpt file or a run directory).
+    Every other source of starting weights (GPT-2's) belongs here too, so train.py has one place to ask."""
+    model, tokenizer, task = load_trained(init_from)
+    if task["name"] == "classify":
+        raise ValueError(f"init_from={init_from} is a classifier; start from a language model checkpoint instead")
+    return model, tokenizer
