@@ -1,5 +1,7 @@
 """Sample text from a trained GPT: python generate.py ckpt=<file or run dir> prompt="..." [temperature=0 ...]
 
+With an instruction-tuned checkpoint: prompt= is an instruction (the reply is printed), chat=true chats.
+
 Imports neither Lightning nor transformers, so it starts in about the time torch takes to import.
 """
 
@@ -15,27 +17,38 @@ from omegaconf import DictConfig
 def run(cfg: DictConfig) -> None:
     import torch
 
-    from gpt.checkpoint import load_checkpoint
+    from gpt.chat import chat
+    from gpt.checkpoint import load_trained
+    from gpt.finetune.instruction import format_input
     from gpt.generation import check_sampling, generate_tokens
+
+    model, tokenizer, task = load_trained(hydra.utils.to_absolute_path(cfg.ckpt), map_location=cfg.device)
+    if task["name"] == "classify":
+        raise ValueError(f"{cfg.ckpt} is a classifier: label texts with python classify.py ckpt={cfg.ckpt} text=...")
+    check_sampling(cfg.temperature, cfg.top_k, cfg.top_p, model.cfg.vocab_size)
+    generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+    sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+    if cfg.chat:
+        write = lambda text: print(text, end="", flush=True)  # noqa: E731
+        chat(model, tokenizer, sys.stdin, write, cfg.max_new_tokens, generator, **sampling)
+        return
 
     if not cfg.prompt:
         raise ValueError('prompt is empty; give some text to continue, e.g. prompt="And God said"')
-    model, tokenizer = load_checkpoint(hydra.utils.to_absolute_path(cfg.ckpt), map_location=cfg.device)
-    check_sampling(cfg.temperature, cfg.top_k, cfg.top_p, model.cfg.vocab_size)
+    instruct = task["name"] == "instruct"  # the prompt is an instruction: wrap it, print only the response
     ctx = model.cfg.context_length
-    ids = tokenizer.encode(cfg.prompt)[-ctx:]  # a prompt longer than the context keeps its last tokens
-    generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
-    print(tokenizer.decode(ids), end="", flush=True)
+    ids = tokenizer.encode(format_input({"instruction": cfg.prompt}) if instruct else cfg.prompt)
+    ids = ids[-ctx:]  # a prompt longer than the context keeps its last tokens
+    if not instruct:
+        print(tokenizer.decode(ids), end="", flush=True)
     stream = generate_tokens(
         model,
         torch.tensor([ids], device=cfg.device),
         cfg.max_new_tokens,
         ctx,
-        temperature=cfg.temperature,
-        top_k=cfg.top_k,
-        top_p=cfg.top_p,
         eos_id=tokenizer.eot_id,
         generator=generator,
+        **sampling,
     )
     for token in stream:
         if token.item() == tokenizer.eot_id:
