@@ -11,7 +11,7 @@ from gpt.finetune.classification import (
     set_trainable, split,
 )
 from gpt.finetune.instruction import (
-    IGNORE_INDEX, InstructionDataset, format_input, instruction_collate, response_text, split_records,
+    IGNORE_INDEX, InstructionDataset, format_input, instruction_collate, split_records,
 )
 from gpt.finetune.lora import LoRALinear, apply_lora, count_trainable, merge_lora
 from gpt.model import GPTConfig, GPTModel
@@ -49,7 +49,6 @@ def test_alpaca_template_and_the_response_after_it(gpt2_tokenizer):
     assert with_input.startswith("Below is an instruction that describes a task.")
     assert "### Instruction:\nAdd.\n\n### Input:\n1 + 1\n\n### Response:\n" in with_input
     assert "### Input" not in format_input({"instruction": "Hi.", "input": "", "output": "Hello."})
-    assert response_text(with_input + "2.") == "2."
     ds = InstructionDataset([{"instruction": "Add.", "input": "1 + 1", "output": "2"}], gpt2_tokenizer)
     ids, prompt_len = ds[0]
     assert gpt2_tokenizer.decode(ids[:prompt_len]) == with_input and gpt2_tokenizer.decode(ids[prompt_len:]) == "2"
@@ -155,3 +154,39 @@ def test_merged_weights_give_the_adapters_outputs_and_leave_a_tied_embedding_alo
     assert all(type(m) is nn.Linear for m in (model.out_head, model.trf_blocks[1].ff.layers[2]))
     torch.testing.assert_close(model(ids), before, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(model.tok_emb.weight, emb)
+
+
+# --- chat ---------------------------------------------------------------------------------------------------------
+
+class ScriptedModel(nn.Module):
+    """Answers with the next token of ``script`` at every call, whatever it is shown; records what it was shown."""
+
+    def __init__(self, script: list[int], context_length: int = 512):
+        super().__init__()
+        self.cfg = GPTConfig(vocab_size=EOT + 1, context_length=context_length, emb_dim=2, n_heads=1, n_layers=1,
+                             drop_rate=0.0, qkv_bias=False, tie_weights=False)
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.script, self.seen = list(script), []
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        self.seen.append(idx[0].tolist())
+        logits = torch.zeros(idx.shape[0], idx.shape[1], EOT + 1)
+        logits[:, -1, self.script.pop(0)] = 1.0
+        return logits
+
+
+def test_chat_streams_each_token_keeps_history_resets_and_exits(gpt2_tokenizer):
+    from gpt.chat import chat
+
+    hello, there = gpt2_tokenizer.encode(" Hello"), gpt2_tokenizer.encode(" there")
+    model = ScriptedModel(hello + there + [EOT] + hello + [EOT] + hello + [EOT])
+    writes: list[str] = []
+    chat(model, gpt2_tokenizer, ["Greet me.\n", "Again.\n", "/reset\n", "Once more.\n", "/exit\n", "never read\n"],
+         writes.append, max_new_tokens=10)
+    assert writes[writes.index("assistant> ") + 1 : writes.index("assistant> ") + 4] == [" Hello", " there", "\n"]
+    assert writes.count("assistant> ") == 3 and writes[-1] == "bye\n"
+    first_prompt = gpt2_tokenizer.encode(format_input({"instruction": "Greet me."}))
+    second = model.seen[len(hello + there) + 1]  # what the model saw for the second message
+    assert second[: len(first_prompt)] == first_prompt and EOT in second  # the first turn, closed by <|endoftext|>
+    third = model.seen[-2]
+    assert third == gpt2_tokenizer.encode(format_input({"instruction": "Once more."}))  # /reset forgot the rest

@@ -91,7 +91,3 @@ def instruction_collate(
         targets.append(y[:allowed_max_length])
     return torch.stack(inputs), torch.stack(targets)
 
-
-def response_text(generated: str) -> str:
-    """The model's answer in a decoded prompt + continuation: the text after the last response header."""
-    return generated.rsplit("### Response:", 1)[-1].strip()
