@@ -89,6 +89,8 @@ class InstructModule(FinetuneModule):
             self.responses.append({**record, "model_response": tokenizer.decode(new).strip()})
 
     def on_test_epoch_end(self) -> None:
+        if not self.trainer.is_global_zero:  # under DDP each rank answers a shard; rank 0 writes its own
+            return
         where = Path(self.trainer.ckpt_path).parent if self.trainer.ckpt_path else Path(self.trainer.default_root_dir)
         self.responses_path = where / "test_responses.json"
         self.responses_path.write_text(json.dumps(self.responses, indent=2, ensure_ascii=False), encoding="utf-8")
