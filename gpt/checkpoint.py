@@ -39,7 +39,10 @@ def load_trained(path: str | Path, map_location: str | torch.device = "cpu") -> 
     model = adapt_model(GPTModel(GPTConfig(**hparams["model"])), task)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
-    return merge_lora(model).eval(), load_tokenizer(hparams["tokenizer"]), task
+    merge_lora(model)
+    # A new head, or merged adapters, leave the head untied: say so, so that a model rebuilt from cfg matches.
+    model.cfg.tie_weights = model.out_head.weight is model.tok_emb.weight
+    return model.eval(), load_tokenizer(hparams["tokenizer"]), task
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[GPTModel, Tokenizer]:

@@ -190,3 +190,22 @@ def test_chat_streams_each_token_keeps_history_resets_and_exits(gpt2_tokenizer):
     assert second[: len(first_prompt)] == first_prompt and EOT in second  # the first turn, closed by <|endoftext|>
     third = model.seen[-2]
     assert third == gpt2_tokenizer.encode(format_input({"instruction": "Once more."}))  # /reset forgot the rest
+
+
+def test_a_merged_lora_model_rebuilds_from_its_config(tmp_path):
+    from gpt.checkpoint import initial_weights
+
+    model = apply_lora(tiny(tie_weights=True), rank=2, alpha=4)
+    with torch.no_grad():
+        model.out_head.B.normal_()  # a trained adapter on the tied head
+    path = tmp_path / "instruct.ckpt"
+    hparams = {"model": model.cfg.to_dict(), "tokenizer": {"name": "gpt2"},
+               "task": {"name": "instruct", "lora": {"rank": 2, "alpha": 4}}}
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "hyper_parameters": hparams},
+               path)
+    merged, _ = initial_weights(path)
+    assert merged.cfg.tie_weights is False  # merging untied the head from the embedding
+    rebuilt = GPTModel(merged.cfg)
+    rebuilt.load_state_dict(merged.state_dict())
+    ids = torch.randint(0, 64, (1, 8))
+    torch.testing.assert_close(rebuilt.eval()(ids), model.eval()(ids), rtol=1e-4, atol=1e-4)
