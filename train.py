@@ -90,8 +90,9 @@ def finetune_start(cfg: DictConfig):
 
 
 def build_classify(cfg: DictConfig):
-    from gpt.finetune.classification import balance, read_labeled, split
+    from gpt.finetune.classification import balance, read_labeled
     from gpt.finetune.data import ClassificationDataModule
+    from gpt.finetune.split import split
     from gpt.finetune.module import ClassifierModule
 
     tokenizer, path, common = finetune_start(cfg)
@@ -111,13 +112,14 @@ def build_instruct(cfg: DictConfig):
     import json
 
     from gpt.finetune.data import InstructionDataModule
-    from gpt.finetune.instruction import check_records, split_records
+    from gpt.finetune.instruction import check_records
     from gpt.finetune.module import InstructModule
+    from gpt.finetune.split import split
 
     tokenizer, path, common = finetune_start(cfg)
     d = cfg.data
     records = check_records(json.loads(path.read_text(encoding="utf-8")), str(path))
-    splits = split_records(records, list(d.split), cfg.seed if d.shuffle else None)
+    splits = split(records, list(d.split), cfg.seed if d.shuffle else None)
     print(f"{path.name}: {len(records)} records; train/val/test {[len(s) for s in splits]}")
     module = InstructModule(task=OmegaConf.to_container(cfg.task, resolve=True), **common)
     datamodule = InstructionDataModule(splits, tokenizer, d.max_length, cfg.task.mask_prompt, d.batch_size,

@@ -8,11 +8,12 @@ import torch.nn as nn
 
 from gpt.finetune.classification import (
     ClassificationDataset, balance, classification_collate, last_token_logits, read_labeled, replace_head,
-    set_trainable, split,
+    set_trainable,
 )
 from gpt.finetune.instruction import (
-    IGNORE_INDEX, InstructionDataset, format_input, instruction_collate, split_records,
+    IGNORE_INDEX, InstructionDataset, format_input, instruction_collate,
 )
+from gpt.finetune.split import split
 from gpt.finetune.lora import LoRALinear, apply_lora, count_trainable, merge_lora
 from gpt.model import GPTConfig, GPTModel
 
@@ -56,7 +57,7 @@ def test_alpaca_template_and_the_response_after_it(gpt2_tokenizer):
 
 def test_instruction_split_is_85_10_5(shared_file):
     records = json.loads(shared_file("instruction-data.json").read_text(encoding="utf-8"))
-    train, val, test = split_records(records, [0.85, 0.1, 0.05], seed=None)
+    train, val, test = split(records, [0.85, 0.1, 0.05], seed=None)
     assert (len(train), len(val), len(test)) == (935, 110, 55)
     assert train[0] == records[0] and test[-1] == records[-1]  # no seed: the file's order, as in the book
 

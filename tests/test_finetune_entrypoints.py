@@ -71,4 +71,4 @@ def test_instruct_with_lora_writes_test_answers_and_chats(pretrained):
     proc = run("generate.py", f"ckpt={run_dir}", "chat=true", "max_new_tokens=4", "temperature=0",
                input_text="What is 2 and 2?\n/reset\nHello\n/exit\n")
     assert proc.stdout.count("assistant> ") == 2 and "(conversation forgotten)" in proc.stdout
-    assert proc.stdout.rstrip().endswith("bye")  # a clean /exit (run() checked the exit status); streaming: test_finetune
+    assert proc.stdout.rstrip().endswith("bye")  # a clean /exit; run() checked the exit status

@@ -47,17 +47,6 @@ def balance(rows: list[tuple[str, str]], seed: int) -> list[tuple[str, str]]:
     return [row for label in sorted(by_label) for row in rng.sample(by_label[label], n)]
 
 
-def split(items: list, fractions: list[float], seed: int) -> list[list]:
-    """Shuffle ``items`` with ``seed`` and cut them into consecutive parts of the given fractions (the last part
-    takes the remainder), e.g. [0.7, 0.1, 0.2] -> train, val, test."""
-    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"data.split must be three positive fractions summing to 1 (train, val, test), got {fractions}")
-    items = list(items)
-    random.Random(seed).shuffle(items)
-    n_train, n_val = int(len(items) * fractions[0]), int(len(items) * fractions[1])
-    return [items[:n_train], items[n_train : n_train + n_val], items[n_train + n_val :]]
-
-
 class ClassificationDataset(Dataset):
     """Token ids of each text (cut to ``max_length``) and its label's index in ``labels``."""
 

@@ -6,8 +6,6 @@ Pure torch: no Lightning. generate.py's chat uses the same template.
 
 from __future__ import annotations
 
-import random
-
 import torch
 from torch.utils.data import Dataset
 
@@ -36,18 +34,6 @@ def check_records(records: list, source: str) -> list[dict]:
         if not isinstance(r, dict) or not {"instruction", "output"} <= r.keys():
             raise ValueError(f"{source}: record {i} has no instruction/output fields (Alpaca format expected)")
     return records
-
-
-def split_records(records: list[dict], fractions: list[float], seed: int | None) -> list[list[dict]]:
-    """Consecutive train / val / test parts of the given fractions (the book's 85/10/5; the test part takes the
-    remainder). ``seed`` shuffles first; null keeps the file's order, as the book does."""
-    if len(fractions) != 3 or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"data.split must be three positive fractions summing to 1 (train, val, test), got {fractions}")
-    records = list(records)
-    if seed is not None:
-        random.Random(seed).shuffle(records)
-    n_train, n_val = int(len(records) * fractions[0]), int(len(records) * fractions[1])
-    return [records[:n_train], records[n_train : n_train + n_val], records[n_train + n_val :]]
 
 
 class InstructionDataset(Dataset):
