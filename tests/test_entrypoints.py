@@ -51,7 +51,8 @@ def test_training_lowers_val_loss_and_writes_logs_and_checkpoints(trained):
     assert [step for step, _ in val] == [9, 19, 29]
     assert val[-1][1] < val[0][1] - 0.3
     tags = EventAccumulator(str(run_dir / "tensorboard")).Reload().Tags()
-    for tag in ("train/loss", "val/perplexity", "train/lr", "train/tokens_per_sec", "train/tokens_seen"):
+    # Two param groups (decay / no decay): LearningRateMonitor logs train/lr/pg1 and train/lr/pg2.
+    for tag in ("train/loss", "val/perplexity", "train/lr/pg1", "train/tokens_per_sec", "train/tokens_seen"):
         assert tag in tags["scalars"], tag
     assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert "parameters" in proc.stdout and f"python generate.py ckpt={run_dir}" in proc.stdout
