@@ -22,7 +22,9 @@ def run(cfg: DictConfig) -> None:
     from gpt.evaluation import mean_next_token_loss
 
     ckpt = cfg.ckpt and hydra.utils.to_absolute_path(cfg.ckpt)
-    model, tokenizer = load_model(ckpt, cfg.pretrained, map_location=cfg.device)
+    model, tokenizer, task = load_model(ckpt, cfg.pretrained, map_location=cfg.device)
+    if task["name"] == "classify":
+        raise ValueError(f"{cfg.ckpt} is a classifier; evaluate.py scores language models")
     path = cfg.data.path and hydra.utils.to_absolute_path(cfg.data.path)
     ids = torch.tensor(tokenizer.encode(load_corpus(cfg.data.source, path)), device=cfg.device)
     if len(ids) and int(ids.max()) >= model.cfg.vocab_size:

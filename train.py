@@ -1,4 +1,7 @@
-"""Pretrain a GPT: python train.py [group=option ...] [key=value ...]   (python train.py --cfg job shows the config)"""
+"""Train a GPT: python train.py [task=pretrain|classify|instruct] [group=option ...] [key=value ...]
+
+(python train.py --cfg job shows the config)
+"""
 
 from __future__ import annotations
 
@@ -59,12 +62,112 @@ def pretrained_model_config(cfg: DictConfig, weights: dict, chosen: set[str]) ->
     for key in weights if "*" in chosen else chosen & set(weights):
         if key == "drop_rate":
             model[key] = cfg.model.drop_rate
-        elif cfg.model[key] is not None and cfg.model[key] != weights[key]:
+        elif cfg.model.get(key) is not None and cfg.model[key] != weights[key]:
             raise ValueError(
                 f"model.{key}={cfg.model[key]} conflicts with the weights of init_from={cfg.init_from}, which have "
                 f"{key}={weights[key]}; drop that override (with init_from the model's shape comes from the weights)"
             )
     return model
+
+
+def start_from(cfg: DictConfig):
+    """(state_dict, tokenizer) of ``init_from``, after giving cfg.model the weights' shape; (None, None) for random
+    weights. ``init_from`` is a checkpoint of ours (.ckpt or run directory) or GPT-2 weights (hub id or directory)."""
+    if cfg.init_from is None:
+        return None, None
+    from hydra.core.hydra_config import HydraConfig
+
+    from gpt.checkpoint import initial_weights
+
+    if cfg.ckpt_path:
+        raise ValueError("give init_from (start from trained weights) or ckpt_path (resume a run), not both")
+    model, tokenizer = initial_weights(absolute_or_hub_id(cfg.init_from))
+    chosen = model_overrides(HydraConfig.get().overrides.task)
+    with open_dict(cfg):  # data.max_length etc. now follow the weights' context length
+        cfg.model = pretrained_model_config(cfg, model.cfg.to_dict(), chosen)
+    print(f"starting from {cfg.init_from}")
+    return model.state_dict(), tokenizer
+
+
+def build_pretrain(cfg: DictConfig):
+    from gpt.corpus import load_corpus
+    from gpt.data import GPTDataModule
+    from gpt.module import GPTLightningModule
+    from gpt.tokenizer import build_tokenizer
+
+    state, tokenizer = start_from(cfg)
+    text = load_corpus(cfg.data.source, absolute(cfg.data.path))
+    tokenizer = tokenizer or build_tokenizer(cfg.tokenizer.name, text)
+    module = GPTLightningModule(
+        model=model_config(cfg, tokenizer.n_vocab),
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        tokenizer=tokenizer.to_config(),
+        sample=OmegaConf.to_container(cfg.sample, resolve=True),
+    )
+    if state is not None:
+        module.model.load_state_dict(state)
+    d = cfg.data
+    datamodule = GPTDataModule(
+        text, tokenizer, d.max_length, d.stride, d.batch_size, d.val_ratio, d.num_workers, absolute(d.cache_dir)
+    )
+    return module, datamodule
+
+
+def finetune_start(cfg: DictConfig):
+    """What classify and instruct share: the starting weights, a tokenizer with <|endoftext|>, the data file."""
+    from gpt.finetune.data import data_file
+    from gpt.tokenizer import build_tokenizer
+
+    state, tokenizer = start_from(cfg)
+    tokenizer = tokenizer or build_tokenizer(cfg.tokenizer.name, "")
+    if tokenizer.eot_id is None:
+        raise ValueError(f"fine-tuning needs a tokenizer with <|endoftext|> (tokenizer=gpt2), not {tokenizer.name}")
+    d = cfg.data
+    path = data_file(absolute(d.path), d.url, d.sha256, d.member, absolute(d.cache_dir))
+    common = dict(model=model_config(cfg, tokenizer.n_vocab), optim=OmegaConf.to_container(cfg.optim, resolve=True),
+                  tokenizer=tokenizer.to_config(), base_state=state)
+    return tokenizer, path, common
+
+
+def build_classify(cfg: DictConfig):
+    from gpt.finetune.classification import balance, read_labeled
+    from gpt.finetune.data import ClassificationDataModule
+    from gpt.finetune.split import split
+    from gpt.finetune.module import ClassifierModule
+
+    tokenizer, path, common = finetune_start(cfg)
+    d = cfg.data
+    rows = read_labeled(path)
+    labels = list(d.labels) if d.labels is not None else sorted({label for _, label in rows})
+    rows = balance(rows, cfg.seed) if d.balance else rows
+    splits = split(rows, list(d.split), cfg.seed)
+    print(f"{path.name}: {len(rows)} texts, labels {labels}; train/val/test {[len(s) for s in splits]}")
+    task = {**OmegaConf.to_container(cfg.task, resolve=True), "labels": labels}
+    module = ClassifierModule(task=task, **common)
+    datamodule = ClassificationDataModule(splits, tokenizer, labels, d.max_length, d.batch_size, d.num_workers)
+    return module, datamodule
+
+
+def build_instruct(cfg: DictConfig):
+    import json
+
+    from gpt.finetune.data import InstructionDataModule
+    from gpt.finetune.instruction import check_records
+    from gpt.finetune.module import InstructModule
+    from gpt.finetune.split import split
+
+    tokenizer, path, common = finetune_start(cfg)
+    d = cfg.data
+    records = check_records(json.loads(path.read_text(encoding="utf-8")), str(path))
+    splits = split(records, list(d.split), cfg.seed if d.shuffle else None)
+    print(f"{path.name}: {len(records)} records; train/val/test {[len(s) for s in splits]}")
+    module = InstructModule(task=OmegaConf.to_container(cfg.task, resolve=True), **common)
+    datamodule = InstructionDataModule(splits, tokenizer, d.max_length, cfg.task.mask_prompt, d.batch_size,
+                                       d.num_workers)
+    return module, datamodule
+
+
+BUILDERS = {"pretrain": build_pretrain, "classify": build_classify, "instruct": build_instruct}
 
 
 def train(cfg: DictConfig) -> None:
@@ -74,44 +177,19 @@ def train(cfg: DictConfig) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from gpt.corpus import load_corpus
-    from gpt.data import GPTDataModule
-    from gpt.module import GPTLightningModule
-    from gpt.tokenizer import build_tokenizer
+    from gpt.finetune.lora import count_trainable
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    pretrained = None
-    if cfg.init_from:
-        from gpt.pretrained import load_pretrained
-
-        if cfg.ckpt_path:
-            raise ValueError("give init_from (start from pretrained weights) or ckpt_path (resume a run), not both")
-        pretrained, _ = load_pretrained(absolute_or_hub_id(cfg.init_from))
-        chosen = model_overrides(HydraConfig.get().overrides.task)
-        with open_dict(cfg):  # data.max_length etc. now follow the weights' context length
-            cfg.model = pretrained_model_config(cfg, pretrained.cfg.to_dict(), chosen)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them; no effect on CPU
 
-    text = load_corpus(cfg.data.source, absolute(cfg.data.path))
-    tokenizer = build_tokenizer(cfg.tokenizer.name, text)
-    module = GPTLightningModule(
-        model=model_config(cfg, tokenizer.n_vocab),
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        tokenizer=tokenizer.to_config(),
-        sample=OmegaConf.to_container(cfg.sample, resolve=True),
-    )
-    if pretrained is not None:
-        module.model.load_state_dict(pretrained.state_dict())
-        del pretrained
-        print(f"initialised from {cfg.init_from}")
-    n_params = module.model.num_parameters()
-    print(f"model: {n_params:,} parameters, {n_params * 4 / 2**20:.2f} MB in fp32")
+    task = cfg.task.name
+    if task not in BUILDERS:
+        raise ValueError(f"task.name must be one of {', '.join(BUILDERS)}, got {task!r}")
+    module, datamodule = BUILDERS[task](cfg)
+    trainable, n_params = count_trainable(module.model)
+    print(f"model: {n_params:,} parameters, {n_params * 4 / 2**20:.2f} MB in fp32; {trainable:,} trainable")
 
-    d = cfg.data
-    datamodule = GPTDataModule(
-        text, tokenizer, d.max_length, d.stride, d.batch_size, d.val_ratio, d.num_workers, absolute(d.cache_dir)
-    )
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         default_root_dir=run_dir,
@@ -122,16 +200,32 @@ def train(cfg: DictConfig) -> None:
             ),
         ],
     )
+    if task != "pretrain" and cfg.ckpt_path is None:
+        before = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        print("before fine-tuning: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(before.items())))
     trainer.fit(module, datamodule=datamodule, ckpt_path=absolute(cfg.ckpt_path))
-
-    if trainer.is_global_zero:
-        best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if task != "pretrain":
+        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    if not trainer.is_global_zero:
+        return
+    print(f"\nval/loss: {val.get('val/loss', float('nan')):.4f}")
+    if task == "pretrain":
         sample = module.sample_text(cfg.sample.prompt, cfg.sample.max_new_tokens, seed=cfg.seed)
-        print(f"\nsample: {sample!r}")
-        print(f"val/loss: {trainer.callback_metrics.get('val/loss', float('nan')):.4f}")
-        print(f"run directory: {run_dir}")
-        print(f"TensorBoard:   tensorboard --logdir {run_dir / 'tensorboard'}")
+        print(f"sample: {sample!r}")
+    elif task == "classify":
+        print(f"val/acc: {val['val/acc']:.4f}  test/acc: {tested[0]['test/acc']:.4f}")
+    else:
+        print(f"test answers:  {module.responses_path}")
+    print(f"run directory: {run_dir}")
+    print(f"TensorBoard:   tensorboard --logdir {run_dir / 'tensorboard'}")
+    if task == "pretrain":
         print(f"sample it:     python generate.py ckpt={best} prompt=\"{cfg.sample.prompt}\"")
+    elif task == "classify":
+        print(f"label texts:   python classify.py ckpt={best} text=\"...\"")
+    else:
+        print(f"chat with it:  python generate.py ckpt={best} chat=true")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -28,6 +28,24 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: 
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def adamw_with_schedule(module: L.LightningModule, o: dict) -> dict:
+    """AdamW over the parameters that train, with weight decay on matrices (linear weights, embeddings) only,
+    never on biases or LayerNorm scale/shift; warmup then cosine decay, stepped every optimizer step.
+    ``o`` is the ``optim`` config. Shared by every task's LightningModule."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": o["weight_decay"]},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = module.device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), fused=fused)
+    total = module.trainer.estimated_stepping_batches
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, o["warmup_steps"], total, o["min_lr_ratio"])
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
 class GPTLightningModule(L.LightningModule):
     """Next-token pretraining of a GPTModel.
 
@@ -114,21 +132,7 @@ class GPTLightningModule(L.LightningModule):
             experiment.add_text("val/sample", text, self.global_step)
 
     def configure_optimizers(self):
-        o = self.hparams.optim
-        # Weight decay on matrices (linear weights, embeddings) only; never on biases or LayerNorm scale/shift.
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": o["weight_decay"]},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(
-            groups, lr=o["lr"], betas=tuple(o["betas"]), fused=self.device.type in ("cpu", "cuda")
-        )
-        total = self.trainer.estimated_stepping_batches
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, o["warmup_steps"], total, o["min_lr_ratio"])
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adamw_with_schedule(self, self.hparams.optim)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen

@@ -18,8 +18,10 @@ TINY = [
 ]
 
 
-def run(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def run(script: str, *args: str, check: bool = True, input_text: str | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, script, *args], cwd=ROOT, input=input_text, capture_output=True, text=True, timeout=600
+    )
     if check and proc.returncode != 0:
         pytest.fail(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

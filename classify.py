@@ -1,0 +1,46 @@
+"""Label texts with a fine-tuned classifier: python classify.py ckpt=<file or run dir> text="..."
+
+Without text=, each line of stdin is one text. Prints label<TAB>probability<TAB>text per text. No Lightning.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+
+def run(cfg: DictConfig) -> None:
+    import torch
+
+    from gpt.checkpoint import load_trained
+    from gpt.finetune.classification import last_token_logits
+
+    model, tokenizer, task = load_trained(hydra.utils.to_absolute_path(cfg.ckpt), map_location=cfg.device)
+    if task["name"] != "classify":
+        raise ValueError(f"{cfg.ckpt} is not a classifier (task {task['name']}); train one with task=classify")
+    texts = [cfg.text] if cfg.text is not None else [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    for text in texts:
+        ids = tokenizer.encode(text)[: model.cfg.context_length] or [tokenizer.eot_id]
+        with torch.no_grad():
+            logits = last_token_logits(model(torch.tensor([ids], device=cfg.device)), torch.tensor([len(ids)]))
+        probs = torch.softmax(logits[0], dim=-1)
+        best = int(probs.argmax())
+        print(f"{task['labels'][best]}\t{probs[best]:.3f}\t{text}", flush=True)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="classify")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

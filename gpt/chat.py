@@ -1,0 +1,63 @@
+"""A multi-turn chat with an instruction-tuned model in the terminal: each message is wrapped in the Alpaca template
+the model was tuned with, the reply streams token by token until <|endoftext|>, and earlier turns stay in the
+context (their last ``context_length`` tokens). ``/reset`` forgets them, ``/exit`` (or end of input) ends.
+
+Pure torch; reads lines from any iterable and writes through a function, so a script can drive it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from gpt.finetune.instruction import format_input
+from gpt.generation import generate_tokens
+from gpt.tokenizer import Tokenizer
+
+
+def chat(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    lines: Iterable[str],
+    write: Callable[[str], None],
+    max_new_tokens: int,
+    generator: torch.Generator | None = None,
+    **sampling,
+) -> None:
+    """Answer each line of ``lines``; ``sampling`` holds temperature / top_k / top_p for ``generate_tokens``."""
+    device = next(model.parameters()).device
+    ctx = model.cfg.context_length
+    history: list[int] = []  # token ids of the earlier turns: prompt, reply, <|endoftext|>, ...
+    lines = iter(lines)
+    write("Chat: type a message; /reset forgets the conversation, /exit ends it.\n")
+    while True:
+        write("you> ")
+        line = next(lines, None)
+        if line is None or line.strip() == "/exit":
+            write("\nbye\n" if line is None else "bye\n")
+            return
+        message = line.strip()
+        if message == "/reset":
+            history = []
+            write("(conversation forgotten)\n")
+            continue
+        if not message:
+            continue
+        ids = history + tokenizer.encode(format_input({"instruction": message}))
+        write("assistant> ")
+        reply: list[int] = []
+        shown = ""
+        stream = generate_tokens(model, torch.tensor([ids[-ctx:]], device=device), max_new_tokens, ctx,
+                                 eos_id=tokenizer.eot_id, generator=generator, **sampling)
+        for token in stream:
+            if token.item() == tokenizer.eot_id:
+                break
+            reply.append(token.item())
+            text = tokenizer.decode(reply)
+            if not text.endswith("\ufffd"):  # wait for the rest of a character split across tokens
+                write(text[len(shown):])
+                shown = text
+        write("\n")
+        history = ids + reply + [tokenizer.eot_id]
