@@ -57,6 +57,7 @@ def train(cfg: DictConfig) -> None:
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         tokenizer=tokenizer.to_config(),
         sample=OmegaConf.to_container(cfg.sample, resolve=True),
+        speed=OmegaConf.to_container(cfg.speed, resolve=True),
     )
     n_params = module.model.num_parameters()
     print(f"model: {n_params:,} parameters, {n_params * 4 / 2**20:.2f} MB in fp32")
