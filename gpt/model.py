@@ -136,6 +136,8 @@ class MultiHeadAttention(nn.Module):
             dropout_p = self.dropout.p if self.training else 0.0
             if start == 0:
                 context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            elif T == 1:  # one new token (decoding) sees every stored position: nothing to mask
+                context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
             else:
                 context = F.scaled_dot_product_attention(q, k, v, attn_mask=~mask, dropout_p=dropout_p)
 
