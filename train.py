@@ -57,11 +57,11 @@ def model_overrides(overrides: list[str]) -> set[str]:
 
 def pretrained_model_config(cfg: DictConfig, weights: dict, chosen: set[str]) -> dict:
     """init_from: the model's fields are the weights'. A value chosen on the command line must agree with them,
-    except model.drop_rate (not part of the weights)."""
+    except the fields that are not part of the weights (dropout, the attention kernel)."""
     model = dict(weights)
     for key in weights if "*" in chosen else chosen & set(weights):
-        if key == "drop_rate":
-            model[key] = cfg.model.drop_rate
+        if key in ("drop_rate", "attn_impl"):
+            model[key] = cfg.model[key]
         elif cfg.model.get(key) is not None and cfg.model[key] != weights[key]:
             raise ValueError(
                 f"model.{key}={cfg.model[key]} conflicts with the weights of init_from={cfg.init_from}, which have "
@@ -103,6 +103,7 @@ def build_pretrain(cfg: DictConfig):
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         tokenizer=tokenizer.to_config(),
         sample=OmegaConf.to_container(cfg.sample, resolve=True),
+        speed=OmegaConf.to_container(cfg.speed, resolve=True),
     )
     if state is not None:
         module.model.load_state_dict(state)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -31,15 +33,70 @@ def cache_key(text: str, tokenizer: Tokenizer) -> str:
     return h.hexdigest()[:32]
 
 
+CHUNK_CHARS = 1 << 16  # characters per chunk (64K)
+CHUNKS_PER_BATCH = 32  # chunks per batch encode: ~2 MB of text and its ids in memory at a time, whatever the corpus
+
+
+def _safe_cut(text: str, i: int) -> int | None:
+    """Where to cut ``text`` near the newline ``text[i]`` so that both sides encode to the ids they have in the
+    whole text, or None. GPT-2's pre-tokeniser splits a run of whitespace before a non-space character into the run
+    less its last character and that last character (which may join the next word, as in " the"): so cut after a
+    lone newline ("x\n|y") or before the last character of a longer run ("x\n|\ny", "x |\ny"). The book's
+    word-level tokenizers drop whitespace, so any of these cuts is safe for them too."""
+    if not 0 < i < len(text) - 1 or text[i + 1].isspace():
+        return None
+    return i if text[i - 1].isspace() else i + 1
+
+
+def safe_chunks(text: str, size: int) -> Iterator[str]:
+    """``text`` in pieces of about ``size`` characters, cut only where encoding the pieces one by one gives
+    exactly the ids of encoding the whole text (see ``_safe_cut``)."""
+    start = 0
+    while start < len(text):
+        newline, cut = text.find("\n", start + size), None
+        while newline != -1 and cut is None:
+            cut = _safe_cut(text, newline)
+            newline = text.find("\n", newline + 1)
+        end = len(text) if cut is None else cut
+        yield text[start:end]
+        start = end
+
+
+def _encode_stream(text: str, tokenizer: Tokenizer) -> Iterator[list[int]]:
+    """Token ids of ``text``, a batch of chunks at a time (tiktoken encodes a batch on several threads)."""
+    encode_batch = getattr(tokenizer, "encode_batch", None) or (lambda texts: [tokenizer.encode(t) for t in texts])
+    batch: list[str] = []
+    for chunk in safe_chunks(text, CHUNK_CHARS):
+        batch.append(chunk)
+        if len(batch) == CHUNKS_PER_BATCH:
+            yield from encode_batch(batch)
+            batch = []
+    if batch:
+        yield from encode_batch(batch)
+
+
 def cached_token_ids(text: str, tokenizer: Tokenizer, cache_dir: str | Path) -> np.ndarray:
-    """Token ids of ``text``, computed once and memory-mapped from ``cache_dir`` afterwards."""
+    """Token ids of ``text``, computed once and memory-mapped from ``cache_dir`` afterwards.
+
+    The ids stream to disk as they are encoded, so memory stays flat however long the text is.
+    """
     path = Path(cache_dir) / f"{cache_key(text, tokenizer)}.npy"
     if not path.exists():
-        ids = np.asarray(tokenizer.encode(text), dtype=token_dtype(tokenizer.n_vocab))
+        dtype = token_dtype(tokenizer.n_vocab)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, ids)
+        raw, tmp = path.with_suffix(f".{os.getpid()}.ids"), path.with_suffix(f".{os.getpid()}.tmp")
+        n = 0
+        with open(raw, "w+b") as f:
+            for ids in _encode_stream(text, tokenizer):
+                f.write(np.asarray(ids, dtype=dtype).tobytes())
+                n += len(ids)
+            # Now that the length is known: the .npy header, then the ids copied behind it.
+            f.seek(0)
+            with open(tmp, "wb") as out:
+                header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n,)}
+                np.lib.format.write_array_header_1_0(out, header)
+                shutil.copyfileobj(f, out)
+        raw.unlink()
         os.replace(tmp, path)  # atomic: a reader never sees a half-written cache file
     return np.load(path, mmap_mode="r")
 

@@ -61,12 +61,25 @@ def generate_tokens(
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of each row, (B,), one step at a time, until ``max_new_tokens`` or every row has
     produced ``eos_id``. A row that has finished keeps yielding ``eos_id``. The model sees at most the last
-    ``context_length`` tokens."""
+    ``context_length`` tokens.
+
+    A model with ``new_cache`` (GPTModel) keeps a KV cache: the prompt is run once, then each step feeds only the
+    newest token. Once the sequence outgrows the context, every step re-runs the last ``context_length`` tokens
+    (positions restart at 0 in that window, so stored keys no longer apply), exactly as without a cache.
+    """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    cache = None
+    if hasattr(model, "new_cache") and max_new_tokens > 0:
+        cache = model.new_cache(idx.shape[0], min(idx.shape[1], context_length) + max_new_tokens - 1)
+    fresh = idx[:, -context_length:]  # the tokens the cache has not seen yet
     for _ in range(max_new_tokens):
-        logits = model(idx[:, -context_length:])[:, -1, :]  # (B, V) logits of the last position
+        if cache is not None and cache.length + fresh.shape[1] <= min(context_length, cache.max_len):
+            logits = model(fresh, cache=cache)[:, -1, :]
+        else:
+            cache = None  # past the context: no going back to the cache
+            logits = model(idx[:, -context_length:])[:, -1, :]  # (B, V) logits of the last position
         next_id = sample_next(logits, temperature, top_k, top_p, generator)
         if eos_id is not None:
             next_id = next_id.masked_fill(finished, eos_id)
@@ -75,6 +88,7 @@ def generate_tokens(
         if eos_id is not None and bool(finished.all()):
             return
         idx = torch.cat([idx, next_id[:, None]], dim=1)
+        fresh = next_id[:, None]
 
 
 def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, context_length: int, **kwargs) -> torch.Tensor:

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+ATTN_IMPLS = ("sdpa", "explicit")
+
 
 @dataclass
 class GPTConfig:
@@ -25,6 +27,9 @@ class GPTConfig:
     drop_rate: float
     qkv_bias: bool
     tie_weights: bool
+    # "sdpa": torch's fused scaled_dot_product_attention (fast, the default); "explicit": the book's softmax(QK^T)V.
+    # The one field with a default, so checkpoints written before it existed still load.
+    attn_impl: str = "sdpa"
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
@@ -37,6 +42,8 @@ class GPTConfig:
             )
         if not 0.0 <= self.drop_rate < 1.0:
             raise ValueError(f"model.drop_rate must be in [0, 1), got {self.drop_rate}")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"model.attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {self.attn_impl!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,12 +89,17 @@ class FeedForward(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Causal multi-head self-attention: each position attends to itself and the positions before it."""
+    """Causal multi-head self-attention: each position attends to itself and the positions before it.
+
+    With a KV cache (``kv``, this layer's slice of a ``KVCache``), the new tokens' keys and values are written
+    at positions ``start:start+T`` and the queries attend to everything stored up to there.
+    """
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_heads = cfg.n_heads
         self.head_dim = cfg.emb_dim // cfg.n_heads
+        self.attn_impl = cfg.attn_impl
         self.W_query = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
         self.W_key = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
         self.W_value = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
@@ -101,17 +113,33 @@ class MultiHeadAttention(nn.Module):
         B, T, C = x.shape
         return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q = self._split_heads(self.W_query(x))  # (B, H, T, D)
         k = self._split_heads(self.W_key(x))
         v = self._split_heads(self.W_value(x))
+        if kv is not None:  # kv: (2, B, H, max_len, D); keys and values of the positions before `start` are there
+            kv[0, :, :, start : start + T] = k
+            kv[1, :, :, start : start + T] = v
+            k, v = kv[0, :, :, : start + T], kv[1, :, :, : start + T]  # (B, H, start + T, D)
+        mask = self.mask[start : start + T, : start + T]  # query i is position start + i
 
-        scores = q @ k.transpose(2, 3)  # (B, H, T, T): how much each query matches each key
-        scores = scores.masked_fill(self.mask[:T, :T], float("-inf"))
-        weights = torch.softmax(scores / math.sqrt(self.head_dim), dim=-1)
-        weights = self.dropout(weights)
-        context = weights @ v  # (B, H, T, D): weighted sum of the values
+        if self.attn_impl == "explicit":
+            scores = q @ k.transpose(2, 3)  # (B, H, T, start + T): how much each query matches each key
+            scores = scores.masked_fill(mask, float("-inf"))
+            weights = torch.softmax(scores / math.sqrt(self.head_dim), dim=-1)
+            weights = self.dropout(weights)
+            context = weights @ v  # (B, H, T, D): weighted sum of the values
+        else:
+            # The same computation in one fused kernel that never stores the (T, T) weights. Its attn_mask is
+            # True where attending is allowed; is_causal=True is the plain causal case without a mask tensor.
+            dropout_p = self.dropout.p if self.training else 0.0
+            if start == 0:
+                context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            elif T == 1:  # one new token (decoding) sees every stored position: nothing to mask
+                context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+            else:
+                context = F.scaled_dot_product_attention(q, k, v, attn_mask=~mask, dropout_p=dropout_p)
 
         context = context.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.out_proj(context)
@@ -128,8 +156,8 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x)))  # shortcut connection around attention
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x), kv, start))  # shortcut connection around attention
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))  # and around the feed-forward
         return x
 
@@ -159,16 +187,54 @@ class GPTModel(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx (B, T) token ids -> logits (B, T, V)."""
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, V). With a ``cache``, idx continues the tokens it holds."""
+        return self.out_head(self.hidden_states(idx, cache))
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) -> the final-normed features (B, T, C) that the output head turns into logits."""
         B, T = idx.shape
-        if T > self.cfg.context_length:
-            raise ValueError(f"sequence of {T} tokens is longer than the context length {self.cfg.context_length}")
-        pos = torch.arange(T, device=idx.device)
+        start = 0 if cache is None else cache.length
+        if start + T > self.cfg.context_length:
+            raise ValueError(
+                f"sequence of {start + T} tokens is longer than the context length {self.cfg.context_length}"
+            )
+        pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
-        x = self.trf_blocks(x)
-        return self.out_head(self.final_norm(x))  # (B, T, V)
+        for i, block in enumerate(self.trf_blocks):
+            x = block(x, None if cache is None else cache.layer(i, start + T), start)
+        if cache is not None:
+            cache.length += T
+        return self.final_norm(x)
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """An empty KV cache for up to ``max_len`` positions (at most the context length) of ``batch_size`` rows."""
+        p = self.tok_emb.weight
+        return KVCache(self.cfg, batch_size, min(max_len, self.cfg.context_length), p.device, p.dtype)
 
     def num_parameters(self) -> int:
         """Parameters counted once each (a tied head is not counted twice)."""
         return sum(p.numel() for p in self.parameters())
+
+
+class KVCache:
+    """Every layer's keys and values for the positions decoded so far, in one buffer allocated up front.
+
+    Decoding one more token then costs one position's work per layer instead of re-running the whole prefix.
+    """
+
+    def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype):
+        head_dim = cfg.emb_dim // cfg.n_heads
+        # (layer, key/value, B, H, position, D)
+        self.kv = torch.zeros(cfg.n_layers, 2, batch_size, cfg.n_heads, max_len, head_dim, device=device, dtype=dtype)
+        self.length = 0  # positions stored; GPTModel advances it after each forward
+
+    @property
+    def max_len(self) -> int:
+        return self.kv.shape[4]
+
+    def layer(self, i: int, end: int) -> torch.Tensor:
+        """Layer ``i``'s (2, B, H, max_len, D) buffer, checked to have room up to position ``end``."""
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
+        return self.kv[i]

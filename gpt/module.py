@@ -8,16 +8,11 @@ import time
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from gpt.generation import generate
+from gpt.loss import chunked_next_token_loss, next_token_loss
 from gpt.model import GPTConfig, GPTModel
 from gpt.tokenizer import load_tokenizer
-
-
-def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting every next token: logits (B, T, V), targets (B, T)."""
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -50,13 +45,22 @@ class GPTLightningModule(L.LightningModule):
     """Next-token pretraining of a GPTModel.
 
     Hyperparameters are plain dicts so a checkpoint can be read back with ``torch.load(weights_only=True)``
-    and without Lightning (see ``gpt.checkpoint``).
+    and without Lightning (see ``gpt.checkpoint``). ``speed`` (conf/config.yaml) changes how fast the step runs,
+    never its maths: ``loss_chunk`` tokens of logits at a time (null: the full logits tensor) and ``compile``
+    (torch.compile each transformer block). Without it the step is the plain one.
     """
 
-    def __init__(self, model: dict, optim: dict, tokenizer: dict, sample: dict):
+    def __init__(self, model: dict, optim: dict, tokenizer: dict, sample: dict, speed: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.model = GPTModel(GPTConfig(**model))
+        speed = speed or {"compile": False, "loss_chunk": None}
+        self.loss_chunk = speed["loss_chunk"]
+        if speed["compile"]:
+            # Module.compile() compiles in place: the state dict keeps its names (no `_orig_mod.` prefix), so a
+            # checkpoint loads into an uncompiled model. Every block has the same code, so it compiles once.
+            for block in self.model.trf_blocks:
+                block.compile()
         self.tokens_seen = 0
         self._step_start: float | None = None
         self._val_loss_sum = self._val_tokens = None
@@ -64,9 +68,16 @@ class GPTLightningModule(L.LightningModule):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
 
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy of a batch, (B, T) ids and (B, T) targets."""
+        if self.loss_chunk is None:
+            return next_token_loss(self.model(inputs), targets)
+        hidden = self.model.hidden_states(inputs)  # (B, T, C): the head runs inside the chunked loss
+        return chunked_next_token_loss(hidden, self.model.out_head.weight, targets, self.loss_chunk)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
-        loss = next_token_loss(self.model(inputs), targets)
+        loss = self.loss(inputs, targets)
         self.tokens_seen += inputs.numel() * self.trainer.world_size
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
@@ -90,7 +101,7 @@ class GPTLightningModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         inputs, targets = batch
-        loss = next_token_loss(self.model(inputs), targets)
+        loss = self.loss(inputs, targets)
         self._val_loss_sum += loss.detach().float() * targets.numel()
         self._val_tokens += targets.numel()
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from gpt.corpus import CorpusError, kjv_text, load_corpus, read_text_file
-from gpt.data import GPTDataModule, GPTDataset, cached_token_ids, split_ids
+import gpt.data
+from gpt.data import GPTDataModule, GPTDataset, cached_token_ids, safe_chunks, split_ids
 from gpt.tokenizer import SimpleTokenizerV2
 
 
@@ -36,6 +37,7 @@ def test_token_cache_is_compact_memory_mapped_and_reused(gpt2_tokenizer, tmp_pat
     assert isinstance(ids, np.memmap) and ids.dtype == np.uint16
     assert ids.tolist() == gpt2_tokenizer.encode(text)
     monkeypatch.setattr(gpt2_tokenizer, "encode", lambda _: pytest.fail("tokenized twice"))
+    monkeypatch.setattr(gpt2_tokenizer, "encode_batch", lambda _: pytest.fail("tokenized twice"))
     assert np.array_equal(cached_token_ids(text, gpt2_tokenizer, tmp_path), ids)
     assert len(list(tmp_path.glob("*.npy"))) == 1
 
@@ -105,3 +107,29 @@ def test_unreadable_corpus_files_are_named_in_the_error(tmp_path, content, messa
     with pytest.raises(CorpusError, match=message) as e:
         read_text_file(path)
     assert str(path) in str(e.value)
+
+
+TRICKY = (
+    "Chapter 1\n\nIn the beginning.\nIt's 'quoted'\n's and 've\n  indented\n\t tab\n"
+    "<|endoftext|>\nnext document 123\n456\n\n\nend \nspace before\n\u00e9t\u00e9 caf\u00e9 \u2014 dash\n!?\n"
+)
+
+
+@pytest.mark.parametrize("size", [1, 3, 10])
+def test_chunks_cut_only_where_encoding_cannot_change(gpt2_tokenizer, size):
+    text = TRICKY * 5
+    chunks = list(safe_chunks(text, size))
+    assert "".join(chunks) == text and len(chunks) > 20
+    assert [i for c in chunks for i in gpt2_tokenizer.encode(c)] == gpt2_tokenizer.encode(text)
+    simple = SimpleTokenizerV2.from_text(text)
+    assert [i for c in chunks for i in simple.encode(c)] == simple.encode(text)
+
+
+def test_streamed_token_cache_equals_encoding_the_whole_text(gpt2_tokenizer, shared_file, tmp_path, monkeypatch):
+    text = shared_file("the-verdict.txt").read_text(encoding="utf-8")
+    monkeypatch.setattr(gpt.data, "CHUNK_CHARS", 500)  # ~40 chunks over several batches
+    monkeypatch.setattr(gpt.data, "CHUNKS_PER_BATCH", 4)
+    ids = cached_token_ids(text, gpt2_tokenizer, tmp_path)
+    assert ids.tolist() == gpt2_tokenizer.encode(text)
+    assert [p.suffix for p in tmp_path.iterdir()] == [".npy"]  # no temporary files left
+    assert cached_token_ids("", gpt2_tokenizer, tmp_path).shape == (0,)

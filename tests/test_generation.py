@@ -75,3 +75,38 @@ def test_bad_sampling_settings_are_refused(kwargs, message):
     settings = dict(temperature=1.0, top_k=None, top_p=None) | kwargs
     with pytest.raises(ValueError, match=message):
         check_sampling(**settings, vocab_size=100)
+
+
+class NoCache(nn.Module):
+    """The same model seen through a wrapper without ``new_cache``: generation re-runs the whole window."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx):
+        return self.model(idx)
+
+
+@pytest.mark.parametrize("attn_impl", ["sdpa", "explicit"])
+def test_cached_and_uncached_generation_agree_token_for_token(attn_impl):
+    from gpt.model import GPTConfig, GPTModel
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=97, context_length=12, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0,
+                    qkv_bias=True, tie_weights=False, attn_impl=attn_impl)
+    model = GPTModel(cfg).eval()
+    prompt = torch.randint(0, 97, (3, 5))
+    # 20 new tokens run well past the 12-token context, where both paths must crop the window the same way.
+    fed = []  # the length of every input the model is given
+    model.register_forward_pre_hook(lambda m, args, kwargs: fed.append(args[0].shape[1]), with_kwargs=True)
+    cached = generate(model, prompt, 20, context_length=12)
+    assert fed == [5] + [1] * 7 + [12] * 12  # prompt once, one token per step, then the cropped window
+    uncached = generate(NoCache(model), prompt, 20, context_length=12)
+    assert torch.equal(cached, uncached)
+    sampled = [generate(m, prompt, 20, 12, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(1))
+               for m in (model, NoCache(model))]
+    assert torch.equal(*sampled)
+    assert len(set(sampled[0][:, 5:].flatten().tolist())) > 10
+    long_prompt = torch.randint(0, 97, (1, 30))  # longer than the context from the start
+    assert torch.equal(generate(model, long_prompt, 4, 12), generate(NoCache(model), long_prompt, 4, 12))

@@ -91,3 +91,53 @@ def test_dropout_is_active_in_training_and_off_in_eval():
     idx = torch.randint(0, 101, (2, 8))
     assert not torch.equal(model.train()(idx), model(idx))
     assert torch.equal(model.eval()(idx), model(idx))
+
+
+@pytest.mark.parametrize("start", [0, 5])
+def test_explicit_and_fused_attention_agree(start):
+    torch.manual_seed(0)
+    fused = GPTModel(small(attn_impl="sdpa")).eval()
+    explicit = GPTModel(small(attn_impl="explicit")).eval()
+    explicit.load_state_dict(fused.state_dict())
+    idx = torch.randint(0, 101, (3, 16))
+    assert torch.allclose(fused(idx), explicit(idx), atol=1e-5, rtol=0)
+    # And through a KV cache, where the new queries start at position `start` (the masked, non-square case).
+    caches = [m.new_cache(3, 16) for m in (fused, explicit)]
+    for m, cache in zip((fused, explicit), caches):
+        m(idx[:, :start], cache=cache) if start else None
+    a, b = fused(idx[:, start:], cache=caches[0]), explicit(idx[:, start:], cache=caches[1])
+    assert torch.allclose(a, b, atol=1e-5, rtol=0)
+    assert torch.allclose(a, fused(idx)[:, start:], atol=1e-5, rtol=0)
+
+
+def test_explicit_and_fused_attention_have_the_same_gradients():
+    torch.manual_seed(0)
+    fused, explicit = GPTModel(small()), GPTModel(small(attn_impl="explicit"))
+    explicit.load_state_dict(fused.state_dict())
+    idx = torch.randint(0, 101, (2, 16))
+    for m in (fused, explicit):
+        m(idx).square().mean().backward()
+    for (name, p), q in zip(fused.named_parameters(), explicit.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_cache_feeds_one_token_at_a_time_with_the_right_positions():
+    torch.manual_seed(0)
+    model = GPTModel(small()).eval()
+    idx = torch.randint(0, 101, (2, 16))
+    cache = model.new_cache(2, 16)
+    steps = [model(idx[:, :6], cache=cache)] + [model(idx[:, t : t + 1], cache=cache) for t in range(6, 16)]
+    assert cache.length == 16
+    assert torch.allclose(torch.cat(steps, dim=1), model(idx), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="longer than the context length 16"):
+        model(idx[:, :1], cache=cache)
+
+
+def test_attention_choice_is_checked_and_old_configs_default_to_sdpa():
+    with pytest.raises(ValueError, match="model.attn_impl must be one of sdpa, explicit"):
+        small(attn_impl="flash")
+    old = small().to_dict()
+    del old["attn_impl"]  # a checkpoint written before the field existed
+    assert GPTConfig(**old).attn_impl == "sdpa"
+    for name in ("tiny", "gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl"):
+        assert config(name).attn_impl == "sdpa"

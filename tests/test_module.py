@@ -45,3 +45,38 @@ def test_weight_decay_applies_to_matrices_only():
     assert id(m.trf_blocks[0].att.W_query.bias) in no_decay and id(m.final_norm.scale) in no_decay
     n_params = sum(len(g["params"]) for g in opt.param_groups)
     assert n_params == len(list(module.parameters()))  # the tied head appears once
+
+
+def test_chunked_loss_in_the_module_is_the_plain_loss():
+    torch.manual_seed(0)
+    plain = GPTLightningModule(MODEL, OPTIM, {"name": "gpt2"}, {})
+    lean = GPTLightningModule(MODEL, OPTIM, {"name": "gpt2"}, {}, speed={"compile": False, "loss_chunk": 5})
+    lean.load_state_dict(plain.state_dict())
+    idx, targets = torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16))
+    assert lean.loss(idx, targets).item() == pytest.approx(plain.loss(idx, targets).item(), rel=1e-6)
+
+
+def test_checkpoint_of_a_compiled_model_loads_into_an_uncompiled_one(gpt2_tokenizer, tmp_path, monkeypatch):
+    import functools
+
+    import lightning as L
+
+    from gpt.checkpoint import load_checkpoint
+    from gpt.data import GPTDataModule
+
+    # The real compiler (inductor) takes minutes on this CPU; aot_eager wraps the blocks the same way, quickly.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    module = GPTLightningModule(MODEL, OPTIM, gpt2_tokenizer.to_config(), {}, speed={"compile": True, "loss_chunk": 8})
+    assert all(block._compiled_call_impl is not None for block in module.model.trf_blocks)
+    data = GPTDataModule("In the beginning God created the heaven and the earth. " * 40, gpt2_tokenizer,
+                         max_length=16, stride=16, batch_size=2, val_ratio=0.2, num_workers=0, cache_dir=tmp_path)
+    trainer = L.Trainer(max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data)
+    trainer.save_checkpoint(tmp_path / "compiled.ckpt")
+
+    state = torch.load(tmp_path / "compiled.ckpt", weights_only=True)["state_dict"]
+    assert not [k for k in state if "_orig_mod" in k]
+    model, _ = load_checkpoint(tmp_path / "compiled.ckpt")  # a plain GPTModel
+    idx = torch.randint(0, 50257, (1, 16))
+    assert torch.allclose(model(idx), module.model.eval()(idx), atol=1e-5)

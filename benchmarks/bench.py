@@ -1,0 +1,359 @@
+"""How fast this codebase trains, samples and tokenizes on the current machine, beside Hugging Face transformers.
+
+    python benchmarks/bench.py            # the full run (about 10 minutes on 2 cores)
+    python benchmarks/bench.py --quick    # fewer steps and tokens (a few minutes)
+
+Each figure is measured in its own fresh process (so its peak RSS is its own) and is the median over several
+timed steps after a warm-up. Training uses the shapes of conf/model/tiny.yaml (batch 8 x 128) and
+conf/model/gpt2-small.yaml (batch 2 x 256), both with GPT-2's tied head and qkv biases so that our model and
+GPT2LMHeadModel are the same network; dropout is each config's. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TRAIN_SHAPES = {"tiny": (8, 128), "gpt2-small": (2, 256)}  # (batch, sequence length)
+GEN_SHAPE, GEN_PROMPT = "gpt2-small", 16
+
+
+# ---------------------------------------------------------------- helpers (run inside a measuring process)
+
+
+def compose(shape: str):
+    """The project's own config (conf/config.yaml) with model=<shape>, as train.py would see it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=[f"model={shape}"])
+
+
+def model_dict(shape: str) -> dict:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(compose(shape).model, resolve=True)
+    return cfg | {"vocab_size": 50257, "qkv_bias": True, "tie_weights": True}  # GPT-2's own choices, as HF has them
+
+
+def hf_model(cfg: dict):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(
+        vocab_size=cfg["vocab_size"], n_positions=cfg["context_length"], n_embd=cfg["emb_dim"],
+        n_layer=cfg["n_layers"], n_head=cfg["n_heads"], resid_pdrop=cfg["drop_rate"], embd_pdrop=cfg["drop_rate"],
+        attn_pdrop=cfg["drop_rate"], tie_word_embeddings=True,
+    ))
+
+
+def hf_state_dict(model) -> dict:
+    """Our GPTModel's weights in GPT2LMHeadModel's layout (Conv1D stores its weight transposed)."""
+    import torch
+
+    sd = {"transformer.wte.weight": model.tok_emb.weight, "transformer.wpe.weight": model.pos_emb.weight,
+          "transformer.ln_f.weight": model.final_norm.scale, "transformer.ln_f.bias": model.final_norm.shift}
+    for i, b in enumerate(model.trf_blocks):
+        p, a = f"transformer.h.{i}.", b.att
+        sd |= {
+            p + "ln_1.weight": b.norm1.scale, p + "ln_1.bias": b.norm1.shift,
+            p + "ln_2.weight": b.norm2.scale, p + "ln_2.bias": b.norm2.shift,
+            p + "attn.c_attn.weight": torch.cat([a.W_query.weight, a.W_key.weight, a.W_value.weight]).T,
+            p + "attn.c_attn.bias": torch.cat([a.W_query.bias, a.W_key.bias, a.W_value.bias]),
+            p + "attn.c_proj.weight": a.out_proj.weight.T, p + "attn.c_proj.bias": a.out_proj.bias,
+            p + "mlp.c_fc.weight": b.ff.layers[0].weight.T, p + "mlp.c_fc.bias": b.ff.layers[0].bias,
+            p + "mlp.c_proj.weight": b.ff.layers[2].weight.T, p + "mlp.c_proj.bias": b.ff.layers[2].bias,
+        }
+    return {k: v.detach().contiguous() for k, v in sd.items()}
+
+
+def train_flops_per_token(cfg: dict, seq_len: int) -> float:
+    """6 x (matmul parameters) + 12 x layers x T x C for attention (PaLM's count); the head is a matmul."""
+    C, L = cfg["emb_dim"], cfg["n_layers"]
+    return 6 * (L * 12 * C * C + cfg["vocab_size"] * C) + 12 * L * seq_len * C
+
+
+def timed_steps(step, warmup: int, steps: int) -> list[float]:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+# ---------------------------------------------------------------- measurements, one per process
+
+
+def measure_peaks(a) -> dict:
+    """Matmul GFLOP/s (fp32, square) and copy bandwidth (bytes read per second) of this machine."""
+    import torch
+
+    n = 2048
+    x, y = torch.randn(n, n), torch.randn(n, n)
+    mm = statistics.median(timed_steps(lambda: x @ y, 2, a.repeats))
+    src = torch.randn(64 * 2**20)  # 256 MB: far beyond the caches
+    dst = torch.empty_like(src)
+    cp = statistics.median(timed_steps(lambda: dst.copy_(src), 2, a.repeats))
+    return {"matmul_gflops": 2 * n**3 / mm / 1e9, "copy_gbs": src.numel() * 4 / cp / 1e9}
+
+
+def measure_train_plain(a) -> dict:
+    """Our model in a plain loop, with the step train.py runs: chunked loss, fused AdamW, gradient clipping."""
+    import torch
+
+    from gpt.loss import chunked_next_token_loss
+    from gpt.model import GPTConfig, GPTModel
+
+    cfg, (B, T) = model_dict(a.shape), TRAIN_SHAPES[a.shape]
+    chunk = compose(a.shape).speed.loss_chunk
+    model = GPTModel(GPTConfig(**cfg)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x, y = torch.randint(0, 50257, (B, T)), torch.randint(0, 50257, (B, T))
+
+    def step():
+        loss = chunked_next_token_loss(model.hidden_states(x), model.out_head.weight, y, chunk)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return {"step_s": statistics.median(timed_steps(step, 1, a.steps)), "tokens": B * T}
+
+
+def measure_train_hf(a) -> dict:
+    """GPT2LMHeadModel in the same plain loop (its default attention, full logits + cross-entropy)."""
+    import torch
+    import torch.nn.functional as F
+
+    cfg, (B, T) = model_dict(a.shape), TRAIN_SHAPES[a.shape]
+    model = hf_model(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x, y = torch.randint(0, 50257, (B, T)), torch.randint(0, 50257, (B, T))
+
+    def step():
+        loss = F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return {"step_s": statistics.median(timed_steps(step, 1, a.steps)), "tokens": B * T}
+
+
+def measure_train_lightning(a) -> dict:
+    """train.py's path: GPTLightningModule + GPTDataModule (KJV) + lightning.Trainer with conf/trainer/cpu.yaml,
+    TensorBoard logging and the progress bar on; only validation and checkpoint files are off."""
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from omegaconf import OmegaConf
+
+    from gpt.corpus import kjv_text
+    from gpt.data import GPTDataModule
+    from gpt.module import GPTLightningModule
+    from gpt.tokenizer import GPT2Tokenizer
+
+    cfg, (B, T) = compose(a.shape), TRAIN_SHAPES[a.shape]
+    tokenizer = GPT2Tokenizer()
+    plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
+    module = GPTLightningModule(model_dict(a.shape), plain(cfg.optim), tokenizer.to_config(), plain(cfg.sample),
+                                plain(cfg.speed))
+    times: list[float] = []
+
+    class StepTimer(L.Callback):  # wall time between batch ends: data, forward, backward, optimizer, logging
+        last = None
+
+        def on_train_batch_end(self, *args):
+            now = time.perf_counter()
+            if self.last is not None:
+                times.append(now - self.last)
+            self.last = now
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = GPTDataModule(kjv_text(), tokenizer, T, T, B, 0.1, 0, tmp)
+        trainer_cfg = plain(cfg.trainer) | {"max_steps": a.steps + 2, "limit_val_batches": 0, "devices": 1}
+        trainer = L.Trainer(**trainer_cfg, logger=TensorBoardLogger(tmp), enable_checkpointing=False,
+                            callbacks=[StepTimer()], enable_model_summary=False)
+        trainer.fit(module, datamodule=data)
+    return {"step_s": statistics.median(times[1:]), "tokens": B * T}
+
+
+def measure_generate(a) -> dict:
+    """Greedy decoding of a.new_tokens tokens after a 16-token prompt, gpt2-small shape, random fp32 weights shared
+    by both libraries: naive (re-run the whole window each step), our KV cache, HF generate(use_cache=True)."""
+    import torch
+
+    from gpt.generation import generate
+    from gpt.model import GPTConfig, GPTModel
+
+    torch.manual_seed(0)
+    cfg = model_dict(GEN_SHAPE) | {"drop_rate": 0.0}
+    ours = GPTModel(GPTConfig(**cfg)).eval()
+    prompt = torch.randint(0, 50257, (a.batch, GEN_PROMPT))
+    n = a.new_tokens
+    if a.impl == "naive":
+
+        class NoCache(torch.nn.Module):  # the same model without new_cache: generate() re-runs the window
+            def __init__(self):
+                super().__init__()
+                self.m = ours
+
+            def forward(self, idx):
+                return self.m(idx)
+
+        run = lambda: generate(NoCache(), prompt, n, cfg["context_length"])  # noqa: E731
+    elif a.impl == "ours":
+        run = lambda: generate(ours, prompt, n, cfg["context_length"])  # noqa: E731
+    else:
+        hf = hf_model(cfg).eval()
+        hf.load_state_dict(hf_state_dict(ours), strict=False)
+        with torch.no_grad():  # the mapping is right: both give the same logits
+            assert torch.allclose(hf(prompt).logits, ours(prompt), atol=1e-4)
+        run = lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,  # noqa: E731
+                                  min_new_tokens=n, do_sample=False, use_cache=True, pad_token_id=0)
+    with torch.no_grad():
+        times = timed_steps(run, 1, a.repeats)
+        out = run()
+    weight_bytes = sum(p.numel() for p in ours.parameters()) * 4
+    return {"s": statistics.median(times), "tokens": a.batch * n, "steps": n, "weight_bytes": weight_bytes,
+            "ids": out[0, GEN_PROMPT:].tolist()}
+
+
+def measure_data(a) -> dict:
+    """Tokenizing the KJV (~4 MB) into the token cache, against tiktoken's batch encode of the same text."""
+    import numpy as np
+
+    from gpt.corpus import kjv_text
+    from gpt.data import cached_token_ids
+    from gpt.tokenizer import GPT2Tokenizer
+
+    text, tokenizer = kjv_text(), GPT2Tokenizer()
+    mb = len(text.encode("utf-8")) / 1e6
+    if a.impl == "raw":  # the text in 64K-character slices, encoded on tiktoken's threads; ids kept in memory
+        slices = [text[i : i + 65536] for i in range(0, len(text), 65536)]
+        times = timed_steps(lambda: tokenizer.encoding.encode_ordinary_batch(slices), 1, a.repeats)
+        return {"mb_s": mb / statistics.median(times)}
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.repeats + 1):
+            t0 = time.perf_counter()
+            ids = cached_token_ids(text, tokenizer, Path(tmp) / str(r))  # a fresh cache directory: no reuse
+            times.append(time.perf_counter() - t0)
+        assert np.array_equal(ids, np.asarray(tokenizer.encode(text))), "streamed ids differ from whole-text encode"
+    return {"mb_s": mb / statistics.median(times[1:])}
+
+
+MEASURES = {"peaks": measure_peaks, "train-plain": measure_train_plain, "train-hf": measure_train_hf,
+            "train-lightning": measure_train_lightning, "generate": measure_generate, "data": measure_data}
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def run_one(a, what: str, **kw) -> dict:
+    """Run one measurement in a fresh python process; its result plus its peak RSS."""
+    argv = [sys.executable, __file__, "--measure", what, "--threads", str(a.threads), "--steps", str(a.steps),
+            "--repeats", str(a.repeats), "--new-tokens", str(a.new_tokens)]
+    for k, v in kw.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        sys.exit(f"error: measurement {what} {kw} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"  measured {what} {kw or ''}".rstrip(), file=sys.stderr, flush=True)
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="3 steps, 2 repeats, 50 new tokens: a smoke run")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
+    p.add_argument("--steps", type=int, default=None, help="timed training steps per measurement (default 8)")
+    p.add_argument("--repeats", type=int, default=None, help="repeats of each generation / data / peak timing (5)")
+    p.add_argument("--new-tokens", type=int, default=None, help="tokens generated per prompt (200)")
+    p.add_argument("--only", default="train,generate,data", help="comma list of sections to run")
+    p.add_argument("--measure", help=argparse.SUPPRESS)
+    p.add_argument("--shape", help=argparse.SUPPRESS)
+    p.add_argument("--impl", help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    a.steps = a.steps or (3 if a.quick else 8)
+    a.repeats = a.repeats or (2 if a.quick else 5)
+    a.new_tokens = a.new_tokens or (50 if a.quick else 200)
+
+    if a.measure:  # inside a measuring process
+        import torch
+
+        torch.set_num_threads(a.threads)
+        result = MEASURES[a.measure](a)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+
+    import torch
+
+    sections = set(a.only.split(","))
+    print(f"# bench: torch {torch.__version__}, {a.threads} threads, {os.cpu_count()} cores, "
+          f"steps={a.steps} repeats={a.repeats} new_tokens={a.new_tokens}{' (quick)' if a.quick else ''}")
+    peaks = run_one(a, "peaks")
+    print(f"machine: fp32 matmul peak {peaks['matmul_gflops']:.0f} GFLOP/s (2048^3), "
+          f"copy bandwidth {peaks['copy_gbs']:.1f} GB/s (256 MB)")
+
+    if "train" in sections:
+        print("\ntraining tokens/s (fp32, median step)      tokens/s    vs HF   MFU   peak RSS")
+        for shape, (B, T) in TRAIN_SHAPES.items():
+            flops = train_flops_per_token(model_dict(shape), T)
+            rows = {impl: run_one(a, f"train-{impl}", shape=shape) for impl in ("lightning", "plain", "hf")}
+            hf_tps = rows["hf"]["tokens"] / rows["hf"]["step_s"]
+            for impl, label in (("lightning", "ours, Lightning (train.py path)"), ("plain", "ours, plain loop"),
+                                ("hf", "HF GPT2LMHeadModel, plain loop")):
+                r = rows[impl]
+                tps = r["tokens"] / r["step_s"]
+                mfu = tps * flops / (peaks["matmul_gflops"] * 1e9)
+                print(f"  {shape:<10} {label:<33} {tps:>8.0f}  {tps / hf_tps:>5.2f}x  {mfu:>4.0%}  "
+                      f"{r['peak_rss_mb']:>6.0f} MB")
+            lit, pl = rows["lightning"], rows["plain"]
+            print(f"  {shape:<10} Lightning / plain loop: {pl['step_s'] / lit['step_s']:.3f}")
+
+    if "generate" in sections:
+        print(f"\ngeneration, {GEN_SHAPE} shape, fp32, greedy, {a.new_tokens} new tokens after {GEN_PROMPT}"
+              f"        tokens/s   weights GB/s   peak RSS")
+        for batch in (1, 8):
+            impls = ("naive", "ours", "hf") if batch == 1 else ("ours", "hf")  # naive at batch 8: many minutes
+            rows = {impl: run_one(a, "generate", impl=impl, batch=batch) for impl in impls}
+            for impl, label in (("naive", "naive re-forward"), ("ours", "ours, KV cache"),
+                                ("hf", "HF generate(use_cache=True)")):
+                if impl in rows:
+                    r = rows[impl]
+                    gbs = r["weight_bytes"] * r["steps"] / r["s"] / 1e9  # the weights are read once per step
+                    print(f"  batch {batch}  {label:<30} {r['tokens'] / r['s']:>8.1f}   {gbs:>8.1f}     "
+                          f"{r['peak_rss_mb']:>6.0f} MB")
+            t = {k: r["tokens"] / r["s"] for k, r in rows.items()}
+            same = "same" if rows["ours"]["ids"] == rows["hf"]["ids"] else "DIFFERENT"
+            extra = f", cache / naive {t['ours'] / t['naive']:.1f}x" if "naive" in t else ""
+            print(f"  batch {batch}  ours / HF {t['ours'] / t['hf']:.2f}x{extra}; greedy tokens ours vs HF: {same}")
+        print(f"  (machine copy bandwidth: {peaks['copy_gbs']:.1f} GB/s)")
+
+    if "data" in sections:
+        ours, raw = run_one(a, "data", impl="ours"), run_one(a, "data", impl="raw")
+        print("\ndata prep, KJV (4.1 MB) -> token cache          MB/s   peak RSS")
+        print(f"  ours: cached_token_ids (streamed, to disk)  {ours['mb_s']:>6.1f}   {ours['peak_rss_mb']:>5.0f} MB")
+        print(f"  raw tiktoken encode_ordinary_batch         {raw['mb_s']:>6.1f}   {raw['peak_rss_mb']:>5.0f} MB")
+        print(f"  ours / raw {ours['mb_s'] / raw['mb_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
