@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+from gpt.cli import run_cli
 
 
 def absolute(path: str | None) -> str | None:
@@ -26,34 +24,69 @@ def model_config(cfg: DictConfig, n_vocab: int) -> dict:
             f"model.vocab_size={model['vocab_size']} is smaller than the tokenizer's {n_vocab} tokens; "
             f"set model.vocab_size={n_vocab} (or null)"
         )
-    if cfg.data.max_length > model["context_length"]:
-        raise ValueError(
-            f"data.max_length={cfg.data.max_length} is longer than model.context_length={model['context_length']}; "
-            "lower data.max_length or raise model.context_length"
-        )
     return model
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Settings that are wrong whatever the data: refused in a second, before Lightning is imported."""
+    from gpt.model import GPTConfig
+
+    GPTConfig(**{**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": cfg.model.vocab_size or 1})
+    for name in ("max_length", "stride", "batch_size"):
+        if cfg.data[name] <= 0:
+            raise ValueError(f"data.{name} must be positive, got {cfg.data[name]}")
+    if cfg.data.max_length > cfg.model.context_length:
+        raise ValueError(
+            f"data.max_length={cfg.data.max_length} is longer than model.context_length={cfg.model.context_length}; "
+            "lower data.max_length or raise model.context_length"
+        )
+    if cfg.trainer.max_steps <= 0:
+        raise ValueError(f"trainer.max_steps must be positive, got {cfg.trainer.max_steps}")
+    if cfg.checkpoint.every_n_steps <= 0:
+        raise ValueError(f"checkpoint.every_n_steps must be positive, got {cfg.checkpoint.every_n_steps}")
+
+
+def resume_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: a file the user named, or with ``last`` this run directory's last.ckpt."""
+    if ckpt_path != "last":
+        return None if ckpt_path is None else Path(absolute(ckpt_path))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return last
+    print(f"ckpt_path=last: no checkpoint in {run_dir} yet, starting from step 0")
+    return None
+
+
 def train(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from gpt.checkpoint import check_same_model, read_checkpoint
+    from gpt.corpus import load_corpus
+    from gpt.tokenizer import build_tokenizer
+
+    check_config(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    ckpt = resume_path(cfg.ckpt_path, run_dir)
+    text = load_corpus(cfg.data.source, absolute(cfg.data.path))
+    tokenizer = build_tokenizer(cfg.tokenizer.name, text)
+    model = model_config(cfg, tokenizer.n_vocab)
+    if ckpt is not None:
+        saved = read_checkpoint(ckpt, mmap=True).get("hyper_parameters", {}).get("model", {})
+        check_same_model(saved, model, ckpt)
+
     import lightning as L
     import torch
-    from hydra.core.hydra_config import HydraConfig
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from gpt.corpus import load_corpus
+    from gpt.checkpoint_io import AtomicCheckpointIO
     from gpt.data import GPTDataModule
-    from gpt.module import GPTLightningModule
-    from gpt.tokenizer import build_tokenizer
+    from gpt.module import GPTLightningModule, NonFiniteLossError
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them; no effect on CPU
-
-    text = load_corpus(cfg.data.source, absolute(cfg.data.path))
-    tokenizer = build_tokenizer(cfg.tokenizer.name, text)
     module = GPTLightningModule(
-        model=model_config(cfg, tokenizer.n_vocab),
+        model=model,
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         tokenizer=tokenizer.to_config(),
         sample=OmegaConf.to_container(cfg.sample, resolve=True),
@@ -63,20 +96,31 @@ def train(cfg: DictConfig) -> None:
 
     d = cfg.data
     datamodule = GPTDataModule(
-        text, tokenizer, d.max_length, d.stride, d.batch_size, d.val_ratio, d.num_workers, absolute(d.cache_dir)
+        text, tokenizer, d.max_length, d.stride, d.batch_size, d.val_ratio, d.num_workers, absolute(d.cache_dir),
+        seed=cfg.seed,
     )
+    checkpoints = run_dir / "checkpoints"
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         default_root_dir=run_dir,
         logger=TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""),
         callbacks=[
+            ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/loss", mode="min"),
+            # last.ckpt, what a crashed run resumes from: written every checkpoint.every_n_steps optimizer steps.
             ModelCheckpoint(
-                dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss", mode="min", save_last=True
+                dirpath=checkpoints, save_top_k=0, save_last=True, every_n_train_steps=cfg.checkpoint.every_n_steps
             ),
             LearningRateMonitor(logging_interval="step"),
         ],
+        plugins=[AtomicCheckpointIO()],
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=absolute(cfg.ckpt_path))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    except NonFiniteLossError as e:
+        last = checkpoints / "last.ckpt"
+        raise NonFiniteLossError(
+            f"{e}; the last good checkpoint is {last}" if last.is_file() else f"{e}; no checkpoint was written yet"
+        ) from e
 
     if trainer.is_global_zero:
         best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
@@ -90,14 +134,8 @@ def train(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    try:
-        train(cfg)
-    except USER_ERRORS as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        sys.exit(1)
+    train(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
