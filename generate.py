@@ -5,11 +5,10 @@ Imports neither Lightning nor transformers, so it starts in about the time torch
 
 from __future__ import annotations
 
-import os
-import sys
-
 import hydra
 from omegaconf import DictConfig
+
+from gpt.cli import run_cli, user_errors
 
 
 def run(cfg: DictConfig) -> None:
@@ -20,6 +19,8 @@ def run(cfg: DictConfig) -> None:
 
     if not cfg.prompt:
         raise ValueError('prompt is empty; give some text to continue, e.g. prompt="And God said"')
+    if cfg.max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {cfg.max_new_tokens}")
     model, tokenizer = load_checkpoint(hydra.utils.to_absolute_path(cfg.ckpt), map_location=cfg.device)
     check_sampling(cfg.temperature, cfg.top_k, cfg.top_p, model.cfg.vocab_size)
     ctx = model.cfg.context_length
@@ -46,14 +47,9 @@ def run(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors():
         run(cfg)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -7,7 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from gpt.cli import run_cli
+from gpt.cli import run_cli, user_errors
 
 
 def absolute(path: str | None) -> str | None:
@@ -134,7 +134,8 @@ def train(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    with user_errors():
+        train(cfg)
 
 
 if __name__ == "__main__":

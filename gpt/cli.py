@@ -7,8 +7,10 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 from hydra.errors import HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
@@ -28,25 +30,43 @@ def one_line(e: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(e).__name__
 
 
+_debug = False  # set by run_cli from HYDRA_FULL_ERROR=1 or --debug
+
+
 def run_cli(main: Callable[[], None]) -> None:
-    """Run a ``@hydra.main`` function; print any user or config error as ``error: ...`` and exit 1.
+    """Run a ``@hydra.main`` function; print a config error (unknown option, bad override) as ``error: ...``.
 
     ``HYDRA_FULL_ERROR=1`` or ``--debug`` on the command line shows the full traceback instead.
     """
-    debug = os.environ.get("HYDRA_FULL_ERROR") == "1" or "--debug" in sys.argv
+    global _debug
+    _debug = os.environ.get("HYDRA_FULL_ERROR") == "1" or "--debug" in sys.argv
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises instead of printing its own multi-line report
     try:
         main()
     except (*USER_ERRORS, HydraException, OmegaConfBaseException) as e:
-        if debug:
+        if _debug:
             raise
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        sys.exit(1)
+        _exit(one_line(e))
 
 
-def _refuse(message: str) -> None:
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Inside the task function: a user error becomes one line and exit 1, before Hydra's job runner prints
+    its own header; a run directory this call created is removed when the input was refused."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        if _debug:
+            raise
+        created = RunDirGuard.created
+        if created and not isinstance(e, ArithmeticError) and not (created / "checkpoints").exists():
+            shutil.rmtree(created, ignore_errors=True)
+        _exit(one_line(e))
+
+
+def _exit(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(1)
 
@@ -54,14 +74,13 @@ def _refuse(message: str) -> None:
 class RunDirGuard(Callback):
     """A Hydra callback (see conf/config.yaml) that runs before Hydra writes anything into the run directory.
 
-    - An unwritable place, or a directory that already holds a run, is refused before anything is written;
-      a directory holding a run is only entered to resume it (``ckpt_path=last``), and the resumed run's
-      config goes to ``.hydra/resume-<time>/`` so the original record stays.
-    - A run this call created and that fails on bad input before any checkpoint is removed again.
+    An unwritable place, or a directory that already holds a run, is refused before anything is written;
+    a directory holding a run is only entered to resume it (``ckpt_path=last``), and the resumed run's config
+    then goes to ``.hydra/resume-<time>/`` so the original record stays. ``created`` tells ``user_errors``
+    which directory this process made (and may remove).
     """
 
-    def __init__(self) -> None:
-        self.created: Path | None = None
+    created: Path | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         if os.environ.get("LOCAL_RANK", "0") != "0":
@@ -69,23 +88,16 @@ class RunDirGuard(Callback):
         run_dir = Path(config.hydra.run.dir).absolute()
         existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
         if existing is not None and not existing.is_dir():
-            _refuse(f"cannot write the run directory {run_dir}: {existing} is a file; choose another hydra.run.dir")
+            _exit(f"cannot write the run directory {run_dir}: {existing} is a file; choose another hydra.run.dir")
         if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-            _refuse(f"cannot write the run directory {run_dir}: {existing} is not writable; choose another hydra.run.dir")
+            _exit(f"cannot write the run directory {run_dir}: {existing} is not writable; choose another hydra.run.dir")
         if run_dir.exists() and any(run_dir.iterdir()):
             if config.get("ckpt_path") != "last":
-                _refuse(
+                _exit(
                     f"run directory {run_dir} already exists; choose a new hydra.run.dir, "
                     "or continue the run in it with ckpt_path=last"
                 )
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.output_subdir = f".hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
         elif not run_dir.exists():
-            self.created = run_dir
-
-    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
-        # A failed job's exception sits in _return_value (the public property would raise it).
-        failed = job_return.status.name == "FAILED"
-        bad_input = failed and isinstance(job_return._return_value, (ValueError, FileNotFoundError, KeyError))
-        if bad_input and self.created is not None and not (self.created / "checkpoints").exists():
-            shutil.rmtree(self.created, ignore_errors=True)
+            RunDirGuard.created = run_dir
