@@ -60,9 +60,9 @@ def user_errors() -> Iterator[None]:
     except USER_ERRORS as e:
         if _debug:
             raise
-        created = RunDirGuard.created
-        if created and not isinstance(e, ArithmeticError) and not (created / "checkpoints").exists():
-            shutil.rmtree(created, ignore_errors=True)
+        run_dir, top = RunDirGuard.created or (None, None)
+        if run_dir and not isinstance(e, ArithmeticError) and not (run_dir / "checkpoints").exists():
+            shutil.rmtree(top, ignore_errors=True)
         _exit(one_line(e))
 
 
@@ -100,4 +100,7 @@ class RunDirGuard(Callback):
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.output_subdir = f".hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
         elif not run_dir.exists():
-            RunDirGuard.created = run_dir
+            top = run_dir
+            while not top.parent.exists():
+                top = top.parent
+            RunDirGuard.created = (run_dir, top)
