@@ -123,7 +123,7 @@ def train(cfg: DictConfig) -> None:
         ) from e
 
     if trainer.is_global_zero:
-        best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+        best = trainer.checkpoint_callback.best_model_path or checkpoints / "last.ckpt"
         sample = module.sample_text(cfg.sample.prompt, cfg.sample.max_new_tokens, seed=cfg.seed)
         print(f"\nsample: {sample!r}")
         print(f"val/loss: {trainer.callback_metrics.get('val/loss', float('nan')):.4f}")

@@ -77,10 +77,10 @@ class RunDirGuard(Callback):
     An unwritable place, or a directory that already holds a run, is refused before anything is written;
     a directory holding a run is only entered to resume it (``ckpt_path=last``), and the resumed run's config
     then goes to ``.hydra/resume-<time>/`` so the original record stays. ``created`` tells ``user_errors``
-    which directory this process made (and may remove).
+    the run directory this process made and the topmost folder it made for it (what a refused run removes).
     """
 
-    created: Path | None = None
+    created: tuple[Path, Path] | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         if os.environ.get("LOCAL_RANK", "0") != "0":
