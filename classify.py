@@ -5,11 +5,12 @@ Without text=, each line of stdin is one text. Prints label<TAB>probability<TAB>
 
 from __future__ import annotations
 
-import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
+
+from gpt.cli import run_cli, user_errors
 
 
 def run(cfg: DictConfig) -> None:
@@ -33,14 +34,9 @@ def run(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="classify")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors():
         run(cfg)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -7,11 +7,12 @@ Imports neither Lightning nor transformers, so it starts in about the time torch
 
 from __future__ import annotations
 
-import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
+
+from gpt.cli import run_cli, user_errors
 
 
 def run(cfg: DictConfig) -> None:
@@ -22,6 +23,10 @@ def run(cfg: DictConfig) -> None:
     from gpt.finetune.instruction import format_input
     from gpt.generation import check_sampling, generate_tokens
 
+    if cfg.max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {cfg.max_new_tokens}")
+    if not cfg.chat and not cfg.prompt:
+        raise ValueError('prompt is empty; give some text to continue, e.g. prompt="And God said"')
     ckpt = cfg.ckpt and hydra.utils.to_absolute_path(cfg.ckpt)
     model, tokenizer, task = load_model(ckpt, cfg.pretrained, map_location=cfg.device)
     if task["name"] == "classify":
@@ -34,8 +39,6 @@ def run(cfg: DictConfig) -> None:
         chat(model, tokenizer, sys.stdin, write, cfg.max_new_tokens, generator, **sampling)
         return
 
-    if not cfg.prompt:
-        raise ValueError('prompt is empty; give some text to continue, e.g. prompt="And God said"')
     instruct = task["name"] == "instruct"  # the prompt is an instruction: wrap it, print only the response
     ctx = model.cfg.context_length
     ids = tokenizer.encode(format_input({"instruction": cfg.prompt}) if instruct else cfg.prompt)
@@ -62,14 +65,9 @@ def run(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors():
         run(cfg)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -5,14 +5,12 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+from gpt.cli import run_cli, user_errors
 
 
 def absolute(path: str | None) -> str | None:
@@ -35,12 +33,45 @@ def model_config(cfg: DictConfig, n_vocab: int) -> dict:
             f"model.vocab_size={model['vocab_size']} is smaller than the tokenizer's {n_vocab} tokens; "
             f"set model.vocab_size={n_vocab} (or null)"
         )
-    if cfg.data.max_length > model["context_length"]:
+    check_window(cfg.data.max_length, model["context_length"])
+    return model
+
+
+def check_window(max_length: int, context_length: int) -> None:
+    if max_length > context_length:
         raise ValueError(
-            f"data.max_length={cfg.data.max_length} is longer than model.context_length={model['context_length']}; "
+            f"data.max_length={max_length} is longer than model.context_length={context_length}; "
             "lower data.max_length or raise model.context_length"
         )
-    return model
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Settings that are wrong whatever the data: refused in a second, before Lightning is imported."""
+    from gpt.model import GPTConfig
+
+    if cfg.init_from is None:  # with init_from the model's shape comes from the weights, checked once they load
+        GPTConfig(**{**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": cfg.model.vocab_size or 1})
+        check_window(cfg.data.max_length, cfg.model.context_length)
+    for name in ("max_length", "stride", "batch_size"):
+        if name in cfg.data and cfg.data[name] <= 0:
+            raise ValueError(f"data.{name} must be positive, got {cfg.data[name]}")
+    if cfg.trainer.max_steps <= 0:
+        raise ValueError(f"trainer.max_steps must be positive, got {cfg.trainer.max_steps}")
+    if cfg.checkpoint.every_n_steps <= 0:
+        raise ValueError(f"checkpoint.every_n_steps must be positive, got {cfg.checkpoint.every_n_steps}")
+    if cfg.task.name not in BUILDERS:
+        raise ValueError(f"task.name must be one of {', '.join(BUILDERS)}, got {cfg.task.name!r}")
+
+
+def resume_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: a file the user named, or with ``last`` this run directory's last.ckpt."""
+    if ckpt_path != "last":
+        return None if ckpt_path is None else Path(absolute(ckpt_path))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return last
+    print(f"ckpt_path=last: no checkpoint in {run_dir} yet, starting from step 0")
+    return None
 
 
 def model_overrides(overrides: list[str]) -> set[str]:
@@ -109,7 +140,8 @@ def build_pretrain(cfg: DictConfig):
         module.model.load_state_dict(state)
     d = cfg.data
     datamodule = GPTDataModule(
-        text, tokenizer, d.max_length, d.stride, d.batch_size, d.val_ratio, d.num_workers, absolute(d.cache_dir)
+        text, tokenizer, d.max_length, d.stride, d.batch_size, d.val_ratio, d.num_workers, absolute(d.cache_dir),
+        seed=cfg.seed,
     )
     return module, datamodule
 
@@ -172,40 +204,58 @@ BUILDERS = {"pretrain": build_pretrain, "classify": build_classify, "instruct": 
 
 
 def train(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from gpt.checkpoint import check_same_model, read_checkpoint
+
+    check_config(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    ckpt = resume_path(cfg.ckpt_path, run_dir)
+
     import lightning as L
     import torch
-    from hydra.core.hydra_config import HydraConfig
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from gpt.checkpoint_io import AtomicCheckpointIO
     from gpt.finetune.lora import count_trainable
+    from gpt.module import NonFiniteLossError
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them; no effect on CPU
-
     task = cfg.task.name
-    if task not in BUILDERS:
-        raise ValueError(f"task.name must be one of {', '.join(BUILDERS)}, got {task!r}")
     module, datamodule = BUILDERS[task](cfg)
+    if ckpt is not None:
+        saved = read_checkpoint(ckpt, mmap=True).get("hyper_parameters", {}).get("model", {})
+        check_same_model(saved, module.hparams.model, ckpt)
     trainable, n_params = count_trainable(module.model)
     print(f"model: {n_params:,} parameters, {n_params * 4 / 2**20:.2f} MB in fp32; {trainable:,} trainable")
 
+    checkpoints = run_dir / "checkpoints"
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         default_root_dir=run_dir,
         logger=TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""),
         callbacks=[
+            ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/loss", mode="min"),
+            # last.ckpt, what a crashed run resumes from: written every checkpoint.every_n_steps optimizer steps.
             ModelCheckpoint(
-                dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss", mode="min", save_last=True
+                dirpath=checkpoints, save_top_k=0, save_last=True, every_n_train_steps=cfg.checkpoint.every_n_steps
             ),
         ],
+        plugins=[AtomicCheckpointIO()],
     )
-    if task != "pretrain" and cfg.ckpt_path is None:
+    if task != "pretrain" and ckpt is None:
         before = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
         print("before fine-tuning: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(before.items())))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=absolute(cfg.ckpt_path))
-    best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    except NonFiniteLossError as e:
+        last = checkpoints / "last.ckpt"
+        raise NonFiniteLossError(
+            f"{e}; the last good checkpoint is {last}" if last.is_file() else f"{e}; no checkpoint was written yet"
+        ) from e
+    best = trainer.checkpoint_callback.best_model_path or str(checkpoints / "last.ckpt")
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if task != "pretrain":
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
@@ -231,14 +281,9 @@ def train(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors():
         train(cfg)
-    except USER_ERRORS as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -1,10 +1,14 @@
-"""Reading a trained model back from a training checkpoint, without Lightning (fast to import, safe to load)."""
+"""Checkpoint files: written atomically, read back with clear errors, and a trained model back from one without
+Lightning (fast to import, safe to load)."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gpt.finetune.lora import merge_lora
@@ -12,6 +16,105 @@ from gpt.finetune.task import adapt_model
 from gpt.model import GPTConfig, GPTModel
 from gpt.pretrained import load_pretrained
 from gpt.tokenizer import Tokenizer, load_tokenizer
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or does not fit this run; the message names the file."""
+
+
+def atomic_save(obj: object, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed into place.
+
+    A rename within one directory is atomic: a kill at any moment leaves either the previous file or the new
+    complete one under ``path``, never a half-written file (at worst an orphan ``.tmp`` file, ignored on load).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself survive a power cut
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_readable(path: Path) -> bool:
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return True
+    except Exception:  # any failure means "not a good checkpoint"; the caller reports the one it was asked for
+        return False
+
+
+def last_good_checkpoint(directory: Path, exclude: Path) -> Path | None:
+    """The newest ``.ckpt`` in ``directory`` (other than ``exclude``) that loads, or None."""
+    others = [p for p in directory.glob("*.ckpt") if p.resolve() != exclude.resolve()]
+    for candidate in sorted(others, key=lambda p: p.stat().st_mtime, reverse=True):
+        if _is_readable(candidate):
+            return candidate
+    return None
+
+
+def read_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", weights_only: bool = True, mmap: bool = False
+) -> dict:
+    """The dict stored in a checkpoint; a truncated or corrupt file is refused naming it and the last good one.
+
+    weights_only: tensors and plain containers only, so a crafted file cannot run code while loading.
+    mmap: tensors stay on disk until used (a cheap look at the hyperparameters of a large checkpoint).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; give a .ckpt file or a run directory under outputs/")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a damaged file
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+            raise CheckpointError(f"{path} holds more than tensors and plain values; refusing to unpickle it (it "
+                                  "could run code). Checkpoints written by train.py never do") from e
+        good = last_good_checkpoint(path.parent, exclude=path)
+        hint = f"the last good checkpoint there is {good}" if good else f"no other checkpoint in {path.parent} loads"
+        reason = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({reason}); {hint}") from e
+
+
+def check_same_model(saved: dict, current: dict, path: str | Path) -> None:
+    """Refuse to resume ``current`` model fields from a checkpoint trained with other ``saved`` fields."""
+    diff = [f"model.{k}={saved.get(k)!r} there, {current.get(k)!r} here" for k in current if saved.get(k) != current[k]]
+    if diff:
+        raise CheckpointError(
+            f"checkpoint {path} holds a different model shape: {'; '.join(diff)}; "
+            "resume with the model settings it was trained with"
+        )
+
+
+def rng_states() -> dict:
+    """Every random number generator training may draw from, as plain values and tensors."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    """Put back what ``rng_states`` returned, so the next random draw is the one the saved run would have made."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -32,12 +135,7 @@ def load_trained(path: str | Path, map_location: str | torch.device = "cpu") -> 
     model) from a checkpoint written by train.py. A fine-tuned model comes back with its task's head, and with any
     LoRA adapters merged into plain weights."""
     path = resolve_checkpoint(path)
-    # weights_only: tensors and plain containers only, so a crafted file cannot run code while loading.
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path} holds more than tensors and plain values; refusing to unpickle it (it could run "
-                         "code). Checkpoints written by train.py never do") from e
+    ckpt = read_checkpoint(path, map_location=map_location)
     hparams = ckpt.get("hyper_parameters", {})
     if "model" not in hparams or "tokenizer" not in hparams:
         raise ValueError(f"{path} is not a checkpoint written by train.py (no model/tokenizer hyperparameters)")

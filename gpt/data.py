@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gpt.tokenizer import Tokenizer
 
@@ -127,6 +127,39 @@ def split_ids(ids: np.ndarray, val_ratio: float) -> tuple[np.ndarray, np.ndarray
     return ids[:n_train], ids[n_train:]
 
 
+class ResumableSampler(Sampler[int]):
+    """A shuffled pass over ``n`` windows that a resumed run can pick up in the middle.
+
+    Epoch ``e`` visits ``randperm(n)`` drawn from ``seed + e`` (its own generator: the global RNG is untouched),
+    so any epoch's order can be rebuilt from two integers. With several ranks each takes every ``world_size``-th
+    index of the padded permutation, as DistributedSampler does. ``resume(epoch, skip)`` makes the next pass over
+    ``epoch`` start after its first ``skip`` indices: those the interrupted run had already trained on.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.epoch, self._skip = 0, (0, 0)  # (epoch, indices to skip in it)
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
+        self.epoch = epoch
+
+    def resume(self, epoch: int, skip: int) -> None:
+        self.epoch, self._skip = epoch, (epoch, skip)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world_size)  # the full pass, also when resuming: Lightning counts from its state
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        order += order[: len(self) * self.world_size - self.n]  # pad so every rank gets len(self) indices
+        mine = order[self.rank :: self.world_size]
+        skip_epoch, skip = self._skip
+        if skip_epoch == self.epoch:
+            mine, self._skip = mine[skip:], (0, 0)
+        return iter(mine)
+
+
 class GPTDataModule(L.LightningDataModule):
     """Tokenizes a corpus once (cached on disk) and serves train/val windows."""
 
@@ -140,6 +173,7 @@ class GPTDataModule(L.LightningDataModule):
         val_ratio: float,
         num_workers: int,
         cache_dir: str | Path,
+        seed: int = 0,
     ):
         super().__init__()
         for name, value in (("max_length", max_length), ("stride", stride), ("batch_size", batch_size)):
@@ -148,6 +182,8 @@ class GPTDataModule(L.LightningDataModule):
         self.text, self.tokenizer = text, tokenizer
         self.max_length, self.stride, self.batch_size = max_length, stride, batch_size
         self.val_ratio, self.num_workers, self.cache_dir = val_ratio, num_workers, cache_dir
+        self.seed = seed
+        self._resume: dict | None = None  # where the run being resumed was in its data
 
     def prepare_data(self) -> None:
         cached_token_ids(self.text, self.tokenizer, self.cache_dir)  # rank 0 tokenizes; the others then read
@@ -165,14 +201,42 @@ class GPTDataModule(L.LightningDataModule):
                 )
 
     def train_dataloader(self) -> DataLoader:
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        self.sampler = ResumableSampler(len(self.train_set), self.seed, rank, world_size)
+        drop_last = len(self.sampler) >= self.batch_size
+        if self._resume is not None:
+            epoch, done = self._resume["epoch"], self._resume["batches_done"]
+            batches = len(self.sampler) // self.batch_size if drop_last else -(-len(self.sampler) // self.batch_size)
+            if done >= batches:  # saved after the last batch of an epoch: the next one starts afresh
+                epoch, done = epoch + 1, 0
+            self.sampler.resume(epoch, done * self.batch_size)
+            self._resume = None
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=len(self.train_set) >= self.batch_size,
+            sampler=self.sampler,
+            drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # Its own generator: creating an iterator then draws no number from the global RNG (training's).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return DataLoader(
+            self.val_set,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the epoch and how many of its batches this rank has trained on."""
+        if self.trainer is None:
+            return {}
+        loop = self.trainer.fit_loop
+        return {"epoch": loop.epoch_progress.current.processed, "batches_done": loop.epoch_loop.batch_idx + 1}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = state or None

@@ -8,7 +8,6 @@ are still in cache, so the full tensor never exists. Same maths, same result (te
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

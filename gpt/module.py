@@ -9,10 +9,23 @@ import time
 import lightning as L
 import torch
 
+from gpt.checkpoint import rng_states, set_rng_states
 from gpt.generation import generate
 from gpt.loss import chunked_next_token_loss, next_token_loss
 from gpt.model import GPTConfig, GPTModel
 from gpt.tokenizer import load_tokenizer
+
+
+class NonFiniteLossError(ArithmeticError):
+    """A loss became NaN or infinite: training stops rather than write a checkpoint of broken weights."""
+
+
+def check_finite(name: str, loss: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(
+            f"{name} is {loss.item()} at step {step}; training stopped and no checkpoint of this step was written "
+            "(try a lower optim.lr, more optim.warmup_steps or trainer.gradient_clip_val)"
+        )
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -78,6 +91,7 @@ class GPTLightningModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
         loss = self.loss(inputs, targets)
+        check_finite("train/loss", loss.detach(), self.global_step)
         self.tokens_seen += inputs.numel() * self.trainer.world_size
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
@@ -110,6 +124,7 @@ class GPTLightningModule(L.LightningModule):
         loss_sum = self.trainer.strategy.reduce(self._val_loss_sum, reduce_op="sum")
         tokens = self.trainer.strategy.reduce(self._val_tokens, reduce_op="sum")
         val_loss = loss_sum / tokens
+        check_finite("val/loss", val_loss, self.global_step)
         self.log("val/loss", val_loss, prog_bar=True)
         self.log("val/perplexity", torch.exp(val_loss))
         if not self.trainer.sanity_checking and self.trainer.is_global_zero:
@@ -146,7 +161,12 @@ class GPTLightningModule(L.LightningModule):
         return adamw_with_schedule(self, self.hparams.optim)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning saves the weights, optimizer, schedule and loop counters; the data position is the
+        # datamodule's state. What is left for an exact resume: every RNG (dropout draws from torch's).
         checkpoint["tokens_seen"] = self.tokens_seen
+        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])

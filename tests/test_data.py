@@ -66,10 +66,11 @@ def test_datamodule_shuffles_train_only(gpt2_tokenizer, tmp_path):
     dm.prepare_data()
     dm.setup("fit")
     first = lambda loader: next(iter(loader))[0]  # noqa: E731
-    torch.manual_seed(0)
-    a = first(dm.train_dataloader())
-    torch.manual_seed(1)
-    assert not torch.equal(a, first(dm.train_dataloader()))
+    train = dm.train_dataloader()
+    a = first(train)
+    assert not torch.equal(a, torch.stack([dm.train_set[i][0] for i in range(4)]))  # not in text order
+    train.sampler.set_epoch(1)  # each epoch its own order, drawn from data seed + epoch (not the global RNG)
+    assert not torch.equal(a, first(train))
     assert torch.equal(first(dm.val_dataloader()), first(dm.val_dataloader()))
     assert len(dm.train_set.ids) + len(dm.val_set.ids) == len(gpt2_tokenizer.encode(text))
 

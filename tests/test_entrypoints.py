@@ -14,7 +14,7 @@ TINY = [
     "model.n_layers=2", "model.emb_dim=32", "model.n_heads=2", "model.context_length=32",
     "data.batch_size=8", "optim.lr=3e-3", "optim.warmup_steps=5",
     "trainer.val_check_interval=10", "trainer.limit_val_batches=4", "trainer.log_every_n_steps=5",
-    "sample.max_new_tokens=5",
+    "sample.max_new_tokens=5", "checkpoint.every_n_steps=10",
 ]
 
 

@@ -1,0 +1,257 @@
+"""Reliability: exact resume after SIGKILL, atomic checkpoints, a stop on NaN, one-line errors for bad input.
+
+Most bad inputs are refused before Lightning is imported (a few seconds each); the resume test runs train.py
+three times on a tiny model (about a minute)."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT
+from gpt.checkpoint import CheckpointError, atomic_save, read_checkpoint
+from gpt.corpus import kjv_text
+from gpt.data import ResumableSampler
+from gpt.model import GPTConfig, GPTModel
+from gpt.tokenizer import build_tokenizer
+
+TINY = [
+    "model.n_layers=2", "model.emb_dim=32", "model.n_heads=2", "model.context_length=32", "model.drop_rate=0.1",
+    "data.batch_size=8", "optim.warmup_steps=5", "tokenizer=simple_v2", "trainer.val_check_interval=10",
+    "trainer.limit_val_batches=4", "sample.max_new_tokens=5", "checkpoint.every_n_steps=4",
+]
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    path.write_text(kjv_text()[:20_000], encoding="utf-8")  # ~15 batches an epoch with TINY
+    return path
+
+
+def data_args(corpus, tmp_path) -> list[str]:
+    return ["data=text_file", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}"]
+
+
+# ---------------------------------------------------------------- exact resume
+
+
+def final_state(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(corpus, tmp_path):
+    common = [*TINY, *data_args(corpus, tmp_path), "trainer.max_steps=20", "ckpt_path=last"]
+    ref = run("train.py", *common, f"hydra.run.dir={tmp_path / 'ref'}")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "train.py", *common, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    while proc.poll() is None and not last.exists():  # the step-4 checkpoint
+        time.sleep(0.05)
+    first = last.stat().st_mtime_ns
+    while proc.poll() is None and last.stat().st_mtime_ns == first:  # the step-8 one: kill mid-step 9..12
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 0 < final_state(run_dir)["global_step"] < 20
+
+    resumed = run("train.py", *common, f"hydra.run.dir={run_dir}")  # the same command: auto-resume
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = final_state(tmp_path / "ref"), final_state(run_dir)
+    assert a["global_step"] == b["global_step"] == 20
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+    val = [line for line in ref.stdout.splitlines() if line.startswith("val/loss:")]
+    assert val and val == [line for line in resumed.stdout.splitlines() if line.startswith("val/loss:")]
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and list((run_dir / ".hydra").glob("resume-*"))
+
+
+def test_sampler_skips_what_was_trained_and_rebuilds_any_epoch():
+    s = ResumableSampler(10, seed=3)
+    s.set_epoch(2)
+    epoch2 = list(s)
+    assert sorted(epoch2) == list(range(10)) and epoch2 == list(s)  # a permutation, the same each time
+    s.set_epoch(3)
+    assert list(s) != epoch2
+    fresh = ResumableSampler(10, seed=3)
+    fresh.resume(2, skip=4)
+    assert list(fresh) == epoch2[4:] and list(fresh) == epoch2  # the skip applies once
+    ranks = [list(ResumableSampler(9, seed=0, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 5 and set(ranks[0] + ranks[1]) == set(range(9))
+
+
+def test_a_training_step_with_a_nan_loss_stops_with_the_step():
+    from gpt.module import GPTLightningModule, NonFiniteLossError
+
+    tok = build_tokenizer("simple_v2", "a b c")
+    model = dict(vocab_size=5, context_length=4, emb_dim=8, n_heads=2, n_layers=1, drop_rate=0.0, qkv_bias=False,
+                 tie_weights=True)
+    module = GPTLightningModule(model, optim={}, tokenizer=tok.to_config(), sample={})
+    with torch.no_grad():
+        module.model.tok_emb.weight.fill_(float("nan"))
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(NonFiniteLossError, match=r"train/loss is nan at step 0"):
+        module.training_step((ids, ids), 0)
+
+
+# ---------------------------------------------------------------- atomic checkpoints
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
+    target = tmp_path / "last.ckpt"
+    atomic_save({"version": torch.tensor(-1)}, target)
+    writer = (
+        "import sys, torch\nfrom gpt.checkpoint import atomic_save\nprint('ready', flush=True)\n"
+        "for i in range(10**6):\n"
+        "    atomic_save({'version': torch.tensor(i), 'w': torch.full((1_000_000,), float(i))}, sys.argv[1])\n"
+    )
+    for delay in (0.2, 0.5, 0.9):
+        proc = subprocess.Popen([sys.executable, "-c", writer, str(target)], cwd=ROOT, stdout=subprocess.PIPE)
+        proc.stdout.readline()
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ckpt = read_checkpoint(target)  # whole, never half-written
+        if "w" in ckpt:
+            assert torch.equal(ckpt["w"], torch.full((1_000_000,), float(ckpt["version"])))
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".ckpt"] == ["last.ckpt"]
+
+
+def test_a_truncated_checkpoint_is_refused_naming_it_and_the_last_good_one(tmp_path):
+    good, bad = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
+    atomic_save({"w": torch.ones(1000)}, good)
+    bad.write_bytes(good.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match=f"checkpoint {bad} is truncated or corrupt .*the last good .* is {good}"):
+        read_checkpoint(bad)
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 1, nothing written
+
+
+def refused(proc: subprocess.CompletedProcess, message: str) -> None:
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()  # Lightning's own INFO lines may come first
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], proc.stderr[-2000:]
+    assert message in lines[-1] and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def bad_files(tmp_path):
+    (tmp_path / "empty.txt").write_text("  \n", encoding="utf-8")
+    (tmp_path / "binary.txt").write_bytes(b"GIF89a\x00\x01")
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    (tmp_path / "short.txt").write_text("In the beginning", encoding="utf-8")
+    (tmp_path / "a_file").write_text("x", encoding="utf-8")
+
+
+BAD_TRAIN = {
+    "unknown model": (["model=gpt5"], "unknown model config 'gpt5'; choose one of: gpt2-large"),
+    "unknown tokenizer": (["tokenizer=bpe9"], "unknown tokenizer config 'bpe9'; choose one of: gpt2, simple_v1"),
+    "unknown data": (["data=web"], "unknown data config 'web'; choose one of: folder, instruction, kjv, labeled_text, sms_spam, text_file"),
+    "unknown trainer": (["trainer=tpu"], "unknown trainer config 'tpu'; choose one of: cpu, ddp, gpu"),
+    "emb_dim % n_heads": (["model.emb_dim=30", "model.n_heads=4"], "model.emb_dim=30 is not divisible by model.n_heads=4"),
+    "max_length > context": (["data.max_length=999"], "data.max_length=999 is longer than model.context_length=32"),
+    "stride": (["data.stride=0"], "data.stride must be positive, got 0"),
+    "batch_size": (["data.batch_size=-2"], "data.batch_size must be positive, got -2"),
+    "max_steps": (["trainer.max_steps=0"], "trainer.max_steps must be positive, got 0"),
+    "missing corpus": (["data=text_file", "data.path={tmp}/nope.txt"], "corpus file {tmp}/nope.txt does not exist"),
+    "empty corpus": (["data=text_file", "data.path={tmp}/empty.txt"], "corpus file {tmp}/empty.txt is empty"),
+    "binary corpus": (["data=text_file", "data.path={tmp}/binary.txt"], "{tmp}/binary.txt is binary"),
+    "non-UTF-8 corpus": (["data=text_file", "data.path={tmp}/latin1.txt"], "{tmp}/latin1.txt is not UTF-8"),
+    "missing checkpoint": (["ckpt_path={tmp}/nope.ckpt"], "checkpoint {tmp}/nope.ckpt does not exist"),
+    "unwritable output": (["hydra.run.dir={tmp}/a_file/run"], "cannot write the run directory {tmp}/a_file/run"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TRAIN)
+def test_train_refuses_bad_input_in_one_line_and_writes_nothing(case, corpus, tmp_path):
+    bad_files(tmp_path)
+    args, message = BAD_TRAIN[case]
+    args = [a.format(tmp=tmp_path) for a in args]
+    if not any(a.startswith("data=") for a in args):
+        args = [*data_args(corpus, tmp_path), *args]
+    run_dir = tmp_path / "outputs" / "run"
+    proc = run("train.py", *TINY, f"hydra.run.dir={run_dir}", *args)
+    refused(proc, message.format(tmp=tmp_path))
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_train_refuses_a_checkpoint_of_another_shape_naming_the_fields(corpus, tmp_path):
+    ckpt = tmp_path / "other.ckpt"
+    shape = dict(vocab_size=99, context_length=32, emb_dim=64, n_heads=2, n_layers=3, drop_rate=0.1,
+                 qkv_bias=False, tie_weights=True)
+    atomic_save({"hyper_parameters": {"model": shape}}, ckpt)
+    run_dir = tmp_path / "run"
+    proc = run("train.py", *TINY, *data_args(corpus, tmp_path), f"ckpt_path={ckpt}", f"hydra.run.dir={run_dir}")
+    refused(proc, f"checkpoint {ckpt} holds a different model shape: ")
+    assert "model.emb_dim=64 there, 32 here" in proc.stderr and "model.n_layers=3 there, 2 here" in proc.stderr
+    assert not run_dir.exists()
+
+
+def test_train_refuses_a_corpus_shorter_than_one_window(tmp_path):
+    bad_files(tmp_path)
+    run_dir = tmp_path / "run"
+    proc = run("train.py", *TINY, *data_args(tmp_path / "short.txt", tmp_path), f"hydra.run.dir={run_dir}")
+    refused(proc, "fewer than one window of data.max_length=32 + 1")
+    assert not run_dir.exists()
+
+
+def test_an_existing_run_directory_is_never_overwritten(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("original", encoding="utf-8")
+    proc = run("train.py", *TINY, f"hydra.run.dir={run_dir}")
+    refused(proc, f"run directory {run_dir} already exists; choose a new hydra.run.dir, or continue the run in it "
+                  "with ckpt_path=last")
+    assert [p.name for p in run_dir.rglob("*")] == [".hydra", "config.yaml"]
+    assert (run_dir / ".hydra" / "config.yaml").read_text(encoding="utf-8") == "original"
+
+
+def test_debug_flag_shows_the_full_traceback(tmp_path):
+    proc = run("train.py", "model=gpt5", f"hydra.run.dir={tmp_path / 'run'}", "--debug")
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "Available options in 'model'" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A checkpoint in train.py's layout (untrained weights), enough for generate.py's checks."""
+    tok = build_tokenizer("simple_v2", kjv_text()[:20_000])  # a vocabulary larger than generate's default top_k
+    cfg = GPTConfig(vocab_size=tok.n_vocab, context_length=16, emb_dim=8, n_heads=2, n_layers=1, drop_rate=0.0,
+                    qkv_bias=False, tie_weights=True)
+    state = {f"model.{k}": v for k, v in GPTModel(cfg).state_dict().items()}
+    path = tmp_path_factory.mktemp("gen") / "tiny.ckpt"
+    atomic_save({"hyper_parameters": {"model": cfg.to_dict(), "tokenizer": tok.to_config()}, "state_dict": state}, path)
+    return path, tok.n_vocab
+
+
+BAD_GENERATE = {
+    "empty prompt": (["prompt="], "prompt is empty"),
+    "negative max_new_tokens": (["max_new_tokens=-1"], "max_new_tokens must be >= 0, got -1"),
+    "negative temperature": (["temperature=-0.5"], "temperature must be >= 0 (0 = greedy), got -0.5"),
+    "top_k 0": (["top_k=0"], "top_k must be in 1..{vocab} (the vocabulary size) or null, got 0"),
+    "top_k > vocab": (["top_k=100000"], "top_k must be in 1..{vocab} (the vocabulary size) or null, got 100000"),
+    "top_p 0": (["top_p=0"], "top_p must be in (0, 1] or null, got 0"),
+    "missing checkpoint": (["ckpt={tmp}/nope.ckpt"], "checkpoint {tmp}/nope.ckpt does not exist"),
+    "truncated checkpoint": (["ckpt={tmp}/cut.ckpt"], "checkpoint {tmp}/cut.ckpt is truncated or corrupt"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_GENERATE)
+def test_generate_refuses_bad_input_in_one_line(case, tiny_checkpoint, tmp_path):
+    ckpt, vocab = tiny_checkpoint
+    (tmp_path / "cut.ckpt").write_bytes(ckpt.read_bytes()[:1000])
+    args, message = BAD_GENERATE[case]
+    proc = run("generate.py", f"ckpt={ckpt}", "prompt=And God", *(a.format(tmp=tmp_path) for a in args))
+    refused(proc, message.format(tmp=tmp_path, vocab=vocab))
+    assert proc.stdout == ""  # not even the prompt was echoed
