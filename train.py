@@ -34,6 +34,36 @@ def model_config(cfg: DictConfig, n_vocab: int) -> dict:
     return model
 
 
+def is_rank_zero() -> bool:
+    """False in every process but the first, whoever started them: Lightning's ddp relaunch (LOCAL_RANK, NODE_RANK),
+    torchrun (RANK, GROUP_RANK) or srun (SLURM_PROCID)."""
+    return all(int(os.environ.get(k, 0)) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"))
+
+
+def trainer_arguments(cfg: DictConfig) -> dict:
+    """cfg.trainer as lightning.Trainer's arguments; a strategy given as a ``_target_`` (trainer=fsdp) becomes the object."""
+    args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if isinstance(args.get("strategy"), dict):
+        args["strategy"] = hydra.utils.instantiate(cfg.trainer.strategy)
+    return args
+
+
+def check_sweep_can_run(trainer) -> None:
+    """Under -m, strategy=ddp (or fsdp) would start its extra processes by re-running this script's command line, which
+    is the whole sweep: they would run other jobs than rank 0 and hang. ddp_spawn forks them from inside the job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+    relaunches = isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher)
+    if relaunches and not trainer.strategy.cluster_environment.creates_processes_externally:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise ValueError(
+                "a -m sweep cannot start its processes by re-running the command line (trainer.strategy=ddp); "
+                "add trainer.strategy=ddp_spawn, or start every process yourself (srun, torchrun)"
+            )
+
+
 def train(cfg: DictConfig) -> None:
     import lightning as L
     import torch
@@ -42,7 +72,7 @@ def train(cfg: DictConfig) -> None:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from gpt.corpus import load_corpus
-    from gpt.data import GPTDataModule
+    from gpt.data import GPTDataModule, per_device_batch_size
     from gpt.module import GPTLightningModule
     from gpt.tokenizer import build_tokenizer
 
@@ -58,16 +88,9 @@ def train(cfg: DictConfig) -> None:
         tokenizer=tokenizer.to_config(),
         sample=OmegaConf.to_container(cfg.sample, resolve=True),
     )
-    n_params = module.model.num_parameters()
-    print(f"model: {n_params:,} parameters, {n_params * 4 / 2**20:.2f} MB in fp32")
-
-    d = cfg.data
-    datamodule = GPTDataModule(
-        text, tokenizer, d.max_length, d.stride, d.batch_size, d.val_ratio, d.num_workers, absolute(d.cache_dir)
-    )
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
-        default_root_dir=run_dir,
+        **trainer_arguments(cfg),
+        default_root_dir=run_dir,  # also where Lightning's SLURM requeue saves hpc_ckpt_*.ckpt and resumes from
         logger=TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""),
         callbacks=[
             ModelCheckpoint(
@@ -75,6 +98,25 @@ def train(cfg: DictConfig) -> None:
             ),
             LearningRateMonitor(logging_interval="step"),
         ],
+    )
+    check_sweep_can_run(trainer)
+    d = cfg.data
+    batch_size = per_device_batch_size(d.batch_size, trainer.world_size)
+    if trainer.is_global_zero:
+        n_params = module.model.num_parameters()
+        print(f"model: {n_params:,} parameters, {n_params * 4 / 2**20:.2f} MB in fp32")
+        print(f"processes: {trainer.world_size}, batch: {d.batch_size} windows per step, {batch_size} per process")
+
+    datamodule = GPTDataModule(
+        text,
+        tokenizer,
+        d.max_length,
+        d.stride,
+        batch_size,
+        d.val_ratio,
+        d.num_workers,
+        absolute(d.cache_dir),
+        seed=cfg.seed,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=absolute(cfg.ckpt_path))
 
@@ -100,4 +142,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if not is_rank_zero():  # one run directory, one writer: the other processes keep Hydra's files out of it
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=none"]
     main()

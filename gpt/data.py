@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from gpt.tokenizer import Tokenizer
 
@@ -70,8 +70,18 @@ def split_ids(ids: np.ndarray, val_ratio: float) -> tuple[np.ndarray, np.ndarray
     return ids[:n_train], ids[n_train:]
 
 
+def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
+    """Windows each process loads per step when ``global_batch_size`` windows are split over ``world_size`` processes."""
+    if global_batch_size % world_size:
+        raise ValueError(
+            f"data.batch_size={global_batch_size} (the global batch) does not divide over {world_size} processes "
+            f"(devices x num_nodes); use a multiple of {world_size}"
+        )
+    return global_batch_size // world_size
+
+
 class GPTDataModule(L.LightningDataModule):
-    """Tokenizes a corpus once (cached on disk) and serves train/val windows."""
+    """Tokenizes a corpus once (cached on disk) and serves train/val windows; ``batch_size`` is per process."""
 
     def __init__(
         self,
@@ -83,6 +93,7 @@ class GPTDataModule(L.LightningDataModule):
         val_ratio: float,
         num_workers: int,
         cache_dir: str | Path,
+        seed: int = 0,
     ):
         super().__init__()
         for name, value in (("max_length", max_length), ("stride", stride), ("batch_size", batch_size)):
@@ -90,7 +101,7 @@ class GPTDataModule(L.LightningDataModule):
                 raise ValueError(f"data.{name} must be positive, got {value}")
         self.text, self.tokenizer = text, tokenizer
         self.max_length, self.stride, self.batch_size = max_length, stride, batch_size
-        self.val_ratio, self.num_workers, self.cache_dir = val_ratio, num_workers, cache_dir
+        self.val_ratio, self.num_workers, self.cache_dir, self.seed = val_ratio, num_workers, cache_dir, seed
 
     def prepare_data(self) -> None:
         cached_token_ids(self.text, self.tokenizer, self.cache_dir)  # rank 0 tokenizes; the others then read
@@ -108,11 +119,19 @@ class GPTDataModule(L.LightningDataModule):
                 )
 
     def train_dataloader(self) -> DataLoader:
+        # The same order of windows on 1 or N processes: one permutation per epoch, seeded by (seed, epoch); process r
+        # takes its positions r, r + N, r + 2N, ... So the N per-process batches of step k together are exactly the
+        # one-process batch k of N x batch_size windows, and a DDP run follows the single-process run step by step.
+        # (Lightning keeps a DistributedSampler it is given, and calls its set_epoch at each epoch.)
+        world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler = DistributedSampler(
+            self.train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+        )
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=len(self.train_set) >= self.batch_size,
+            sampler=sampler,
+            drop_last=len(sampler) >= self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
