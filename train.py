@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gpt.cli import run_cli, user_errors
+from gpt.cli import is_rank_zero, run_cli, user_errors
 
 
 def absolute(path: str | None) -> str | None:
@@ -45,6 +46,30 @@ def check_window(max_length: int, context_length: int) -> None:
         )
 
 
+def trainer_arguments(cfg: DictConfig) -> dict:
+    """cfg.trainer as lightning.Trainer's arguments; a strategy given as a ``_target_`` (trainer=fsdp) becomes the object."""
+    args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if isinstance(args.get("strategy"), dict):
+        args["strategy"] = hydra.utils.instantiate(cfg.trainer.strategy)
+    return args
+
+
+def check_sweep_can_run(trainer) -> None:
+    """Under -m, strategy=ddp (or fsdp) would start its extra processes by re-running this script's command line, which
+    is the whole sweep: they would run other jobs than rank 0 and hang. ddp_spawn forks them from inside the job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+    relaunches = isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher)
+    if relaunches and not trainer.strategy.cluster_environment.creates_processes_externally:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise ValueError(
+                "a -m sweep cannot start its processes by re-running the command line (trainer.strategy=ddp); "
+                "add trainer.strategy=ddp_spawn, or start every process yourself (srun, torchrun)"
+            )
+
+
 def check_config(cfg: DictConfig) -> None:
     """Settings that are wrong whatever the data: refused in a second, before Lightning is imported."""
     from gpt.model import GPTConfig
@@ -64,12 +89,13 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def resume_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from: a file the user named, or with ``last`` this run directory's last.ckpt."""
+    """The checkpoint to resume from: a file the user named, or with ``last`` the newest of this run directory's
+    last.ckpt and the hpc_ckpt_*.ckpt Lightning saves when SLURM signals the end of a job's time."""
     if ckpt_path != "last":
         return None if ckpt_path is None else Path(absolute(ckpt_path))
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        return last
+    found = [p for p in (run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    if found:
+        return max(found, key=lambda p: p.stat().st_mtime)
     print(f"ckpt_path=last: no checkpoint in {run_dir} yet, starting from step 0")
     return None
 
@@ -120,9 +146,9 @@ def start_from(cfg: DictConfig):
     return model.state_dict(), tokenizer
 
 
-def build_pretrain(cfg: DictConfig):
+def build_pretrain(cfg: DictConfig, world_size: int):
     from gpt.corpus import load_corpus
-    from gpt.data import GPTDataModule
+    from gpt.data import GPTDataModule, per_device_batch_size
     from gpt.module import GPTLightningModule
     from gpt.tokenizer import build_tokenizer
 
@@ -140,7 +166,14 @@ def build_pretrain(cfg: DictConfig):
         module.model.load_state_dict(state)
     d = cfg.data
     datamodule = GPTDataModule(
-        text, tokenizer, d.max_length, d.stride, d.batch_size, d.val_ratio, d.num_workers, absolute(d.cache_dir),
+        text,
+        tokenizer,
+        d.max_length,
+        d.stride,
+        per_device_batch_size(d.batch_size, world_size),
+        d.val_ratio,
+        d.num_workers,
+        absolute(d.cache_dir),
         seed=cfg.seed,
     )
     return module, datamodule
@@ -162,7 +195,8 @@ def finetune_start(cfg: DictConfig):
     return tokenizer, path, common
 
 
-def build_classify(cfg: DictConfig):
+def build_classify(cfg: DictConfig, world_size: int):
+    from gpt.data import per_device_batch_size
     from gpt.finetune.classification import balance, read_labeled
     from gpt.finetune.data import ClassificationDataModule
     from gpt.finetune.split import split
@@ -177,13 +211,15 @@ def build_classify(cfg: DictConfig):
     print(f"{path.name}: {len(rows)} texts, labels {labels}; train/val/test {[len(s) for s in splits]}")
     task = {**OmegaConf.to_container(cfg.task, resolve=True), "labels": labels}
     module = ClassifierModule(task=task, **common)
-    datamodule = ClassificationDataModule(splits, tokenizer, labels, d.max_length, d.batch_size, d.num_workers)
+    batch_size = per_device_batch_size(d.batch_size, world_size)
+    datamodule = ClassificationDataModule(splits, tokenizer, labels, d.max_length, batch_size, d.num_workers)
     return module, datamodule
 
 
-def build_instruct(cfg: DictConfig):
+def build_instruct(cfg: DictConfig, world_size: int):
     import json
 
+    from gpt.data import per_device_batch_size
     from gpt.finetune.data import InstructionDataModule
     from gpt.finetune.instruction import check_records
     from gpt.finetune.module import InstructModule
@@ -195,7 +231,8 @@ def build_instruct(cfg: DictConfig):
     splits = split(records, list(d.split), cfg.seed if d.shuffle else None)
     print(f"{path.name}: {len(records)} records; train/val/test {[len(s) for s in splits]}")
     module = InstructModule(task=OmegaConf.to_container(cfg.task, resolve=True), **common)
-    datamodule = InstructionDataModule(splits, tokenizer, d.max_length, cfg.task.mask_prompt, d.batch_size,
+    batch_size = per_device_batch_size(d.batch_size, world_size)
+    datamodule = InstructionDataModule(splits, tokenizer, d.max_length, cfg.task.mask_prompt, batch_size,
                                        d.num_workers)
     return module, datamodule
 
@@ -221,20 +258,10 @@ def train(cfg: DictConfig) -> None:
     from gpt.finetune.lora import count_trainable
     from gpt.module import NonFiniteLossError
 
-    L.seed_everything(cfg.seed, workers=True)
-    torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them; no effect on CPU
-    task = cfg.task.name
-    module, datamodule = BUILDERS[task](cfg)
-    if ckpt is not None:
-        saved = read_checkpoint(ckpt, mmap=True).get("hyper_parameters", {}).get("model", {})
-        check_same_model(saved, module.hparams.model, ckpt)
-    trainable, n_params = count_trainable(module.model)
-    print(f"model: {n_params:,} parameters, {n_params * 4 / 2**20:.2f} MB in fp32; {trainable:,} trainable")
-
     checkpoints = run_dir / "checkpoints"
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
-        default_root_dir=run_dir,
+        **trainer_arguments(cfg),
+        default_root_dir=run_dir,  # also where Lightning's SLURM requeue saves hpc_ckpt_*.ckpt and resumes from
         logger=TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""),
         callbacks=[
             ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/loss", mode="min"),
@@ -245,6 +272,20 @@ def train(cfg: DictConfig) -> None:
         ],
         plugins=[AtomicCheckpointIO()],
     )
+    check_sweep_can_run(trainer)
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them; no effect on CPU
+    task = cfg.task.name
+    module, datamodule = BUILDERS[task](cfg, trainer.world_size)
+    if ckpt is not None:
+        saved = read_checkpoint(ckpt, mmap=True).get("hyper_parameters", {}).get("model", {})
+        check_same_model(saved, module.hparams.model, ckpt)
+    if trainer.is_global_zero:
+        trainable, n_params = count_trainable(module.model)
+        print(f"model: {n_params:,} parameters, {n_params * 4 / 2**20:.2f} MB in fp32; {trainable:,} trainable")
+        per_process = cfg.data.batch_size // trainer.world_size
+        print(f"processes: {trainer.world_size}, batch: {cfg.data.batch_size} windows per step, {per_process} per process")
+
     if task != "pretrain" and ckpt is None:
         before = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
         print("before fine-tuning: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(before.items())))
@@ -286,4 +327,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if not is_rank_zero():  # one run directory, one writer: the other processes keep Hydra's files out of it
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=none"]
     run_cli(main)

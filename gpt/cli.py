@@ -30,6 +30,12 @@ def one_line(e: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(e).__name__
 
 
+def is_rank_zero() -> bool:
+    """False in every process but the first, whoever started them: Lightning's ddp relaunch (LOCAL_RANK, NODE_RANK),
+    torchrun (RANK, GROUP_RANK) or srun (SLURM_PROCID)."""
+    return all(int(os.environ.get(k, 0)) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"))
+
+
 _debug = False  # set by run_cli from HYDRA_FULL_ERROR=1 or --debug
 
 
@@ -83,8 +89,8 @@ class RunDirGuard(Callback):
     created: tuple[Path, Path] | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        if os.environ.get("LOCAL_RANK", "0") != "0":
-            return  # a DDP child started by Lightning joins the run directory its rank 0 made
+        if not is_rank_zero():
+            return  # another process of a DDP run joins the run directory its rank 0 made
         run_dir = Path(config.hydra.run.dir).absolute()
         existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
         if existing is not None and not existing.is_dir():

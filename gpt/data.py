@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from gpt.tokenizer import Tokenizer
 
@@ -127,33 +127,43 @@ def split_ids(ids: np.ndarray, val_ratio: float) -> tuple[np.ndarray, np.ndarray
     return ids[:n_train], ids[n_train:]
 
 
-class ResumableSampler(Sampler[int]):
-    """A shuffled pass over ``n`` windows that a resumed run can pick up in the middle.
+def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
+    """Windows each process loads per step when ``global_batch_size`` windows are split over ``world_size`` processes."""
+    if global_batch_size % world_size:
+        raise ValueError(
+            f"data.batch_size={global_batch_size} (the global batch) does not divide over {world_size} processes "
+            f"(devices x num_nodes); use a multiple of {world_size}"
+        )
+    return global_batch_size // world_size
+
+
+class ResumableSampler(DistributedSampler):
+    """A shuffled pass over ``n`` windows, split over processes, that a resumed run can pick up in the middle.
 
     Epoch ``e`` visits ``randperm(n)`` drawn from ``seed + e`` (its own generator: the global RNG is untouched),
-    so any epoch's order can be rebuilt from two integers. With several ranks each takes every ``world_size``-th
-    index of the padded permutation, as DistributedSampler does. ``resume(epoch, skip)`` makes the next pass over
-    ``epoch`` start after its first ``skip`` indices: those the interrupted run had already trained on.
+    so any epoch's order can be rebuilt from two integers. Process ``r`` of ``N`` takes positions r, r + N, ... of
+    the (padded) permutation, so the N per-process batches of step k together are exactly batch k of one process
+    with N times the batch: a DDP run follows the single-process run step by step. ``resume(epoch, skip)`` makes
+    the next pass over ``epoch`` start after its first ``skip`` indices, those the interrupted run had trained on.
+    A DistributedSampler, so Lightning uses it as it is under DDP instead of wrapping it in another.
     """
 
     def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
-        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
-        self.epoch, self._skip = 0, (0, 0)  # (epoch, indices to skip in it)
-
-    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
-        self.epoch = epoch
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        self.n = n
+        self._skip = (0, 0)  # (epoch, indices to skip in it)
 
     def resume(self, epoch: int, skip: int) -> None:
         self.epoch, self._skip = epoch, (epoch, skip)
 
     def __len__(self) -> int:
-        return -(-self.n // self.world_size)  # the full pass, also when resuming: Lightning counts from its state
+        return -(-self.n // self.num_replicas)  # the full pass, also when resuming: Lightning counts from its state
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
-        order += order[: len(self) * self.world_size - self.n]  # pad so every rank gets len(self) indices
-        mine = order[self.rank :: self.world_size]
+        order += order[: len(self) * self.num_replicas - self.n]  # pad so every process gets len(self) indices
+        mine = order[self.rank :: self.num_replicas]
         skip_epoch, skip = self._skip
         if skip_epoch == self.epoch:
             mine, self._skip = mine[skip:], (0, 0)
@@ -161,7 +171,7 @@ class ResumableSampler(Sampler[int]):
 
 
 class GPTDataModule(L.LightningDataModule):
-    """Tokenizes a corpus once (cached on disk) and serves train/val windows."""
+    """Tokenizes a corpus once (cached on disk) and serves train/val windows; ``batch_size`` is per process."""
 
     def __init__(
         self,

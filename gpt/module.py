@@ -93,7 +93,8 @@ class GPTLightningModule(L.LightningModule):
         loss = self.loss(inputs, targets)
         check_finite("train/loss", loss.detach(), self.global_step)
         self.tokens_seen += inputs.numel() * self.trainer.world_size
-        self.log("train/loss", loss, prog_bar=True)
+        # sync_dist: the mean over all processes, i.e. the loss of the global batch (rank 0 alone saw 1/N of it).
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         self.log("train/tokens_seen", float(self.tokens_seen))
         return loss
@@ -125,8 +126,9 @@ class GPTLightningModule(L.LightningModule):
         tokens = self.trainer.strategy.reduce(self._val_tokens, reduce_op="sum")
         val_loss = loss_sum / tokens
         check_finite("val/loss", val_loss, self.global_step)
-        self.log("val/loss", val_loss, prog_bar=True)
-        self.log("val/perplexity", torch.exp(val_loss))
+        # Already the same on every process; sync_dist only tells Lightning so (a no-op average).
+        self.log("val/loss", val_loss, prog_bar=True, sync_dist=True)
+        self.log("val/perplexity", torch.exp(val_loss), sync_dist=True)
         if not self.trainer.sanity_checking and self.trainer.is_global_zero:
             self._log_sample()
 

@@ -59,16 +59,23 @@ def test_split_is_contiguous_and_val_is_the_tail():
         split_ids(ids, 1.0)
 
 
-def test_datamodule_shuffles_train_only(gpt2_tokenizer, tmp_path):
+def test_datamodule_shuffles_train_only_by_its_seed(gpt2_tokenizer, tmp_path):
     text = " ".join(str(i) for i in range(3000))
-    dm = GPTDataModule(text, gpt2_tokenizer, max_length=16, stride=16, batch_size=4, val_ratio=0.2, num_workers=0,
-                       cache_dir=tmp_path)
-    dm.prepare_data()
-    dm.setup("fit")
+
+    def datamodule(seed: int) -> GPTDataModule:
+        dm = GPTDataModule(text, gpt2_tokenizer, max_length=16, stride=16, batch_size=4, val_ratio=0.2, num_workers=0,
+                           cache_dir=tmp_path, seed=seed)
+        dm.prepare_data()
+        dm.setup("fit")
+        return dm
+
     first = lambda loader: next(iter(loader))[0]  # noqa: E731
+    dm = datamodule(seed=0)
+    a = first(dm.train_dataloader())
+    assert torch.equal(a, first(datamodule(seed=0).train_dataloader()))  # the order depends on the seed only
+    assert not torch.equal(a, first(datamodule(seed=1).train_dataloader()))
+    assert not torch.equal(a, torch.stack([dm.train_set[i][0] for i in range(4)]))  # shuffled
     train = dm.train_dataloader()
-    a = first(train)
-    assert not torch.equal(a, torch.stack([dm.train_set[i][0] for i in range(4)]))  # not in text order
     train.sampler.set_epoch(1)  # each epoch its own order, drawn from data seed + epoch (not the global RNG)
     assert not torch.equal(a, first(train))
     assert torch.equal(first(dm.val_dataloader()), first(dm.val_dataloader()))
