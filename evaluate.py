@@ -26,7 +26,8 @@ def run(cfg: DictConfig) -> None:
     if task["name"] == "classify":
         raise ValueError(f"{cfg.ckpt} is a classifier; evaluate.py scores language models")
     path = cfg.data.path and hydra.utils.to_absolute_path(cfg.data.path)
-    ids = torch.tensor(tokenizer.encode(load_corpus(cfg.data.source, path)), device=cfg.device)
+    text = load_corpus(cfg.data.source, path)
+    ids = torch.tensor(tokenizer.encode(text), device=cfg.device)
     if len(ids) and int(ids.max()) >= model.cfg.vocab_size:
         raise ValueError(f"the text has token id {int(ids.max())}, beyond the model's {model.cfg.vocab_size} tokens")
     max_length = cfg.data.max_length or model.cfg.context_length
@@ -35,6 +36,8 @@ def run(cfg: DictConfig) -> None:
     loss, n_tokens = mean_next_token_loss(model, ids, max_length, cfg.data.batch_size)
     print(f"loss: {loss:.4f}")
     print(f"perplexity: {math.exp(loss):.2f}")
+    # Per character, so models with different tokenizers compare: total nats over the text, in bits, per character.
+    print(f"bits per character: {loss * n_tokens / math.log(2) / len(text):.4f}")
     print(f"tokens: {n_tokens} (windows of {max_length})")
 
 

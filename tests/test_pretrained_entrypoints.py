@@ -1,5 +1,6 @@
 """generate.py / evaluate.py / train.py / export.py with GPT-2 weights in the Hugging Face layout, as a user runs them."""
 
+import math
 import os
 import subprocess
 import sys
@@ -66,6 +67,8 @@ def test_evaluate_reports_transformers_loss(hf_dir, gpt2_tokenizer):
     assert abs(float(lines["loss"]) - loss) < 1e-4
     assert abs(float(lines["perplexity"]) - torch.tensor(loss).exp().item()) < 0.01 * float(lines["perplexity"])
     assert lines["tokens"].startswith(f"{len(ids) - 1} ")
+    n_chars = len(text.read_text(encoding="utf-8"))
+    assert abs(float(lines["bits per character"]) - total / math.log(2) / n_chars) < 1e-3
 
 
 def test_init_from_trains_on_from_the_weights_and_exports_back(hf_dir, tmp_path):
