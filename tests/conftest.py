@@ -8,6 +8,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GPT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+class RunsCode:
+    """Unpickling this calls open(path, "w"): the file appears if and only if code ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
 @pytest.fixture
 def shared_file():
     def get(name: str) -> Path:

@@ -5,17 +5,8 @@ import pickle
 import pytest
 import torch
 
+from conftest import RunsCode
 from gpt.checkpoint import load_checkpoint, load_model
-
-
-class RunsCode:
-    """Unpickling this calls open(path, "w"): the file appears if and only if code ran."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return open, (self.path, "w")
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_does_not_run(tmp_path):

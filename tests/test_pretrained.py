@@ -9,6 +9,7 @@ import pickle
 import pytest
 import torch
 
+from conftest import RunsCode
 from gpt.generation import generate
 from gpt.model import GPTConfig, GPTModel
 from gpt.pretrained import config_from_hf, export_hf, load_pretrained, load_weights
@@ -128,16 +129,6 @@ def test_weights_that_do_not_fit_the_model_are_a_clear_error():
             load_weights(GPTModel(cfg), [("pos_emb.weight", torch.zeros(9, 8))])
         with pytest.raises(ValueError, match="'lm_bias'"):
             load_weights(GPTModel(cfg), [("lm_bias", torch.zeros(1))])
-
-
-class RunsCode:
-    """Unpickling this calls open(path, "w"): the file appears if and only if code ran."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return open, (self.path, "w")
 
 
 def test_a_pickle_bin_that_would_run_code_is_refused(tmp_path):

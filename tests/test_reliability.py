@@ -48,7 +48,7 @@ def final_state(run_dir):
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(corpus, tmp_path):
-    common = [*TINY, *data_args(corpus, tmp_path), "trainer.max_steps=20", "ckpt_path=last"]
+    common = [*TINY, *data_args(corpus, tmp_path), "trainer.max_steps=40", "ckpt_path=last"]
     ref = run("train.py", *common, f"hydra.run.dir={tmp_path / 'ref'}")
     assert ref.returncode == 0, ref.stderr[-2000:]
 
@@ -65,12 +65,12 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(corpus, tmp_path):
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 0 < final_state(run_dir)["global_step"] < 20
+    assert 0 < final_state(run_dir)["global_step"] < 40
 
     resumed = run("train.py", *common, f"hydra.run.dir={run_dir}")  # the same command: auto-resume
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = final_state(tmp_path / "ref"), final_state(run_dir)
-    assert a["global_step"] == b["global_step"] == 20
+    assert a["global_step"] == b["global_step"] == 40
     for name, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][name]), name
     val = [line for line in ref.stdout.splitlines() if line.startswith("val/loss:")]
