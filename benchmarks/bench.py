@@ -111,6 +111,16 @@ def measure_peaks(a) -> dict:
     return {"matmul_gflops": 2 * n**3 / mm / 1e9, "copy_gbs": src.numel() * 4 / cp / 1e9}
 
 
+def optimizer_step(model, opt, loss) -> None:
+    """The rest of a plain-loop training step, the same for every model compared: backward, clip, AdamW."""
+    import torch
+
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def measure_train_plain(a) -> dict:
     """Our model in a plain loop, with the step train.py runs: chunked loss, fused AdamW, gradient clipping."""
     import torch
@@ -125,11 +135,7 @@ def measure_train_plain(a) -> dict:
     x, y = torch.randint(0, 50257, (B, T)), torch.randint(0, 50257, (B, T))
 
     def step():
-        loss = chunked_next_token_loss(model.hidden_states(x), model.out_head.weight, y, chunk)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(model, opt, chunked_next_token_loss(model.hidden_states(x), model.out_head.weight, y, chunk))
 
     return {"step_s": statistics.median(timed_steps(step, 1, a.steps)), "tokens": B * T}
 
@@ -145,11 +151,7 @@ def measure_train_hf(a) -> dict:
     x, y = torch.randint(0, 50257, (B, T)), torch.randint(0, 50257, (B, T))
 
     def step():
-        loss = F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(model, opt, F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten()))
 
     return {"step_s": statistics.median(timed_steps(step, 1, a.steps)), "tokens": B * T}
 
