@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, vocab_size: int) -> None:
@@ -47,6 +50,46 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
+class ThreadedThinLinear(TorchFunctionMode):
+    """While active, a linear layer fed only a few rows on a CPU splits its weight across the threads.
+
+    A cached decoding step feeds one token per sequence through every weight matrix, so it runs as fast as the
+    weights stream from memory. MKL computes such thin products (a few rows) on one core: on the 2-core machine
+    this was written on, F.linear read a 50,257 x 768 head at about 10 GB/s while two threads read memory at about
+    19 GB/s. Cutting the weight's output rows into one block per thread and running the blocks as one batched
+    product (baddbmm, parallel over the blocks) uses every core: decoding ran 1.2-1.5x faster. Same weights, same
+    sums; only the rounding of the last bit can differ.
+    """
+
+    MAX_ROWS = 32  # from about 64 rows on, the plain product was as fast (measured)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            return self._linear(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        n = torch.get_num_threads()
+        out_features, in_features = weight.shape
+        rows = x.numel() // in_features
+        if x.device.type != "cpu" or n == 1 or rows > self.MAX_ROWS or out_features < 64 * n:
+            return F.linear(x, weight, bias)
+        x2 = x.reshape(rows, in_features)
+        split = out_features - out_features % n  # the rows that divide evenly into n blocks; the rest go plainly
+        blocks = weight[:split].view(n, split // n, in_features).transpose(1, 2)  # (n, in, out / n)
+        xs = x2.expand(n, rows, in_features)
+        if bias is None:
+            y = torch.bmm(xs, blocks)
+        else:
+            y = torch.baddbmm(bias[:split].view(n, 1, split // n), xs, blocks)  # (n, rows, out / n)
+        y = y.transpose(0, 1).reshape(rows, split)
+        if split < out_features:
+            rest = F.linear(x2, weight[split:], None if bias is None else bias[split:])
+            y = torch.cat([y, rest], dim=1)
+        return y.view(*x.shape[:-1], out_features)
+
+
 @torch.no_grad()
 def generate_tokens(
     model: nn.Module,
@@ -64,8 +107,9 @@ def generate_tokens(
     ``context_length`` tokens.
 
     A model with ``new_cache`` (GPTModel) keeps a KV cache: the prompt is run once, then each step feeds only the
-    newest token. Once the sequence outgrows the context, every step re-runs the last ``context_length`` tokens
-    (positions restart at 0 in that window, so stored keys no longer apply), exactly as without a cache.
+    newest token, with ``ThreadedThinLinear`` on a CPU. Once the sequence outgrows the context, every step re-runs
+    the last ``context_length`` tokens (positions restart at 0 in that window, so stored keys no longer apply),
+    exactly as without a cache.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -76,7 +120,8 @@ def generate_tokens(
     fresh = idx[:, -context_length:]  # the tokens the cache has not seen yet
     for _ in range(max_new_tokens):
         if cache is not None and cache.length + fresh.shape[1] <= min(context_length, cache.max_len):
-            logits = model(fresh, cache=cache)[:, -1, :]
+            with ThreadedThinLinear() if idx.device.type == "cpu" else contextlib.nullcontext():
+                logits = model(fresh, cache=cache)[:, -1, :]
         else:
             cache = None  # past the context: no going back to the cache
             logits = model(idx[:, -context_length:])[:, -1, :]  # (B, V) logits of the last position

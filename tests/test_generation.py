@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from gpt.generation import check_sampling, generate, generate_tokens, sample_next
 
@@ -110,3 +111,56 @@ def test_cached_and_uncached_generation_agree_token_for_token(attn_impl):
     assert len(set(sampled[0][:, 5:].flatten().tolist())) > 10
     long_prompt = torch.randint(0, 97, (1, 30))  # longer than the context from the start
     assert torch.equal(generate(model, long_prompt, 4, 12), generate(NoCache(model), long_prompt, 4, 12))
+
+
+@pytest.fixture
+def three_threads():
+    """Three torch threads (more than this machine's cores is fine): an uneven split of odd-sized weights."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("shape,out_features,bias", [((1, 1, 128), 301, True), ((2, 3, 128), 300, False),
+                                                     ((8, 1, 64), 192, True)])
+def test_threaded_thin_linear_matches_f_linear_and_splits(three_threads, monkeypatch, shape, out_features, bias):
+    from gpt.generation import ThreadedThinLinear
+
+    torch.manual_seed(0)
+    x, w = torch.randn(shape), torch.randn(out_features, shape[-1])
+    b = torch.randn(out_features) if bias else None
+    calls = []
+    for name in ("bmm", "baddbmm"):  # count the batched products: proof that the split path ran
+        real = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *a, _real=real, **k: calls.append(a[-1].shape) or _real(*a, **k))
+    with ThreadedThinLinear():
+        y = F.linear(x, w, b)
+    assert calls == [(3, shape[-1], out_features // 3)]  # one product of 3 blocks
+    torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+def test_threaded_thin_linear_leaves_wide_inputs_and_small_layers_alone(three_threads, monkeypatch):
+    from gpt.generation import ThreadedThinLinear
+
+    monkeypatch.setattr(torch, "baddbmm", lambda *a, **k: pytest.fail("split a layer it should leave alone"))
+    x, w, b = torch.randn(ThreadedThinLinear.MAX_ROWS + 1, 64), torch.randn(300, 64), torch.randn(300)
+    with ThreadedThinLinear():
+        assert torch.equal(F.linear(x, w, b), F.linear(x, w, b))  # too many rows
+        assert F.linear(x[:1], w[:2], b[:2]).shape == (1, 2)  # too few output features to split
+
+
+def test_cached_generation_with_threaded_layers_agrees_with_uncached(three_threads, monkeypatch):
+    from gpt.model import GPTConfig, GPTModel
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=301, context_length=32, emb_dim=192, n_heads=4, n_layers=2, drop_rate=0.0,
+                    qkv_bias=True, tie_weights=True)
+    model = GPTModel(cfg).eval()
+    split = []
+    real = torch.baddbmm
+    monkeypatch.setattr(torch, "baddbmm", lambda *a, **k: split.append(1) or real(*a, **k))
+    prompt = torch.randint(0, 301, (2, 6))
+    cached = generate(model, prompt, 20, context_length=32)
+    assert split  # the cached steps did run through the threaded layers
+    assert torch.equal(cached, generate(NoCache(model), prompt, 20, context_length=32))
