@@ -140,7 +140,8 @@ def load_trained(path: str | Path, map_location: str | torch.device = "cpu") -> 
     if "model" not in hparams or "tokenizer" not in hparams:
         raise ValueError(f"{path} is not a checkpoint written by train.py (no model/tokenizer hyperparameters)")
     task = hparams.get("task") or {"name": "pretrain"}
-    model = adapt_model(GPTModel(GPTConfig(**hparams["model"])), task)
+    with torch.device(map_location):  # built where its weights were loaded: device=cuda gives a model on the GPU
+        model = adapt_model(GPTModel(GPTConfig(**hparams["model"])), task)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
     merge_lora(model)

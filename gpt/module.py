@@ -8,6 +8,7 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 
 from gpt.checkpoint import rng_states, set_rng_states
 from gpt.generation import generate
@@ -45,7 +46,10 @@ def adamw_with_schedule(module: L.LightningModule, o: dict) -> dict:
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": o["weight_decay"]},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    fused = module.device.type in ("cpu", "cuda")
+    # Lightning's mixed-precision plugin (bf16-mixed, 16-mixed) refuses to clip the gradients of a fused optimizer,
+    # which would unscale 16-mixed's gradients only inside its step, after the clipping: there, AdamW runs unfused.
+    mixed = isinstance(getattr(module.trainer, "precision_plugin", None), MixedPrecision)
+    fused = module.device.type in ("cpu", "cuda") and not (mixed and module.trainer.gradient_clip_val)
     optimizer = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), fused=fused)
     total = module.trainer.estimated_stepping_batches
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -139,16 +143,18 @@ class GPTLightningModule(L.LightningModule):
         generator = torch.Generator(device=self.device).manual_seed(seed)
         was_training = self.model.training
         self.model.eval()
-        out = generate(
-            self.model,
-            idx,
-            max_new_tokens,
-            self.model.cfg.context_length,
-            temperature=self.hparams.sample["temperature"],
-            top_k=self.hparams.sample["top_k"],
-            eos_id=tokenizer.eot_id,
-            generator=generator,
-        )
+        # Compiled blocks (speed.compile) would recompile for every new KV-cache length: the sample runs eagerly.
+        with torch.compiler.set_stance("force_eager"):
+            out = generate(
+                self.model,
+                idx,
+                max_new_tokens,
+                self.model.cfg.context_length,
+                temperature=self.hparams.sample["temperature"],
+                top_k=self.hparams.sample["top_k"],
+                eos_id=tokenizer.eot_id,
+                generator=generator,
+            )
         self.model.train(was_training)
         return tokenizer.decode(out[0].tolist())
 
