@@ -2,16 +2,26 @@
 
     python benchmarks/bench.py            # the full run (about 10 minutes on 2 cores)
     python benchmarks/bench.py --quick    # fewer steps and tokens (a few minutes)
+    python benchmarks/bench.py --device cuda [--precision bf16-mixed|32-true] [--quick]   # on one GPU
 
 Each figure is measured in its own fresh process (so its peak RSS is its own) and is the median over several
 timed steps after a warm-up. Training uses the shapes of conf/model/tiny.yaml (batch 8 x 128) and
 conf/model/gpt2-small.yaml (batch 2 x 256), both with GPT-2's tied head and qkv biases so that our model and
 GPT2LMHeadModel are the same network; dropout is each config's. Not part of the test suite.
+
+On a GPU (--device cuda) training runs at realistic shapes (tiny 64 x 128, gpt2-small 16 x 1024; --quick: only
+gpt2-small) in --precision (default bf16-mixed: the Lightning path with trainer=gpu and that precision, the plain
+loops under torch.autocast(bfloat16)); both of our paths use trainer=gpu's speed settings (conf/speed/gpu.yaml:
+bigger loss chunks, compiled blocks). fp32 matmuls run in TF32 as train.py sets them, every timed step ended by
+torch.cuda.synchronize(); MFU is against a bf16 (or, for 32-true, TF32) matmul measured on the same GPU, and the
+memory column is the peak GPU memory allocated. Generation stays fp32 (no TF32), naive re-forward only without
+--quick.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -26,19 +36,62 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TRAIN_SHAPES = {"tiny": (8, 128), "gpt2-small": (2, 256)}  # (batch, sequence length)
+CUDA_TRAIN_SHAPES = {"tiny": (64, 128), "gpt2-small": (16, 1024)}  # a GPU's: long enough steps, a few GB
 GEN_SHAPE, GEN_PROMPT = "gpt2-small", 16
 
 
 # ---------------------------------------------------------------- helpers (run inside a measuring process)
 
 
-def compose(shape: str):
+def compose(shape: str, overrides: tuple[str, ...] = ()):
     """The project's own config (conf/config.yaml) with model=<shape>, as train.py would see it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=[f"model={shape}"])
+        return hydra_compose(config_name="config", overrides=[f"model={shape}", *overrides])
+
+
+def train_shapes(a) -> dict:
+    """The (batch, sequence length) of each training shape measured on a.device."""
+    if a.device != "cuda":
+        return TRAIN_SHAPES
+    return {"gpt2-small": CUDA_TRAIN_SHAPES["gpt2-small"]} if a.quick else CUDA_TRAIN_SHAPES
+
+
+def trainer_overrides(a) -> tuple[str, ...]:
+    """train.py's command-line overrides for a.device and a.precision (none for the CPU default)."""
+    if a.device == "cuda":
+        return "trainer=gpu", f"trainer.precision={a.precision}"
+    return () if a.precision == "32-true" else (f"trainer.precision={a.precision}",)
+
+
+def device_sync(a):
+    """What ends a timed step: waiting for the GPU's queued work (nothing to wait for on a CPU)."""
+    import torch
+
+    return torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
+
+
+def warmup_steps(a) -> int:
+    return 3 if a.device == "cuda" else 1  # a GPU's first steps also tune kernels and grow the allocator's cache
+
+
+def train_setup(a) -> None:
+    """On a GPU, fp32 matmuls in TF32 as train.py sets them (no effect on a CPU, so nothing is set there)."""
+    import torch
+
+    if a.device == "cuda":
+        torch.set_float32_matmul_precision("high")
+
+
+def autocast(a):
+    """The forward pass's context: bf16 autocast for bf16-mixed (as Lightning's precision plugin does), else none."""
+    import torch
+
+    if a.precision == "bf16-mixed":
+        return torch.autocast(a.device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def model_dict(shape: str) -> dict:
@@ -84,13 +137,16 @@ def train_flops_per_token(cfg: dict, seq_len: int) -> float:
     return 6 * (L * 12 * C * C + cfg["vocab_size"] * C) + 12 * L * seq_len * C
 
 
-def timed_steps(step, warmup: int, steps: int) -> list[float]:
+def timed_steps(step, warmup: int, steps: int, sync=lambda: None) -> list[float]:
+    """Seconds of each of ``steps`` calls after ``warmup`` untimed ones; ``sync`` waits for a GPU's queued work."""
     for _ in range(warmup):
         step()
+    sync()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t0)
     return times
 
@@ -102,6 +158,8 @@ def measure_peaks(a) -> dict:
     """Matmul GFLOP/s (fp32, square) and copy bandwidth (bytes read per second) of this machine."""
     import torch
 
+    if a.device == "cuda":
+        return measure_cuda_peaks(a)
     n = 2048
     x, y = torch.randn(n, n), torch.randn(n, n)
     mm = statistics.median(timed_steps(lambda: x @ y, 2, a.repeats))
@@ -109,6 +167,32 @@ def measure_peaks(a) -> dict:
     dst = torch.empty_like(src)
     cp = statistics.median(timed_steps(lambda: dst.copy_(src), 2, a.repeats))
     return {"matmul_gflops": 2 * n**3 / mm / 1e9, "copy_gbs": src.numel() * 4 / cp / 1e9}
+
+
+def measure_cuda_peaks(a) -> dict:
+    """The GPU's bf16 and TF32 matmul TFLOP/s (8192^3, median of 10 calls of 10 matmuls) and its copy bandwidth
+    (bytes read per second, 256 MB); matmul_gflops is a.precision's peak, the one MFU is measured against."""
+    import torch
+
+    torch.set_float32_matmul_precision("high")  # fp32 matmuls in TF32, as train.py runs them
+    n, reps, sync = 8192, 10, torch.cuda.synchronize
+    out = {"gpu": torch.cuda.get_device_name(), "capability": ".".join(map(str, torch.cuda.get_device_capability()))}
+
+    def tflops(dtype) -> float:
+        x, y = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
+
+        def matmuls():
+            for _ in range(reps):
+                x @ y
+
+        return 2 * n**3 * reps / statistics.median(timed_steps(matmuls, 3, 10, sync)) / 1e12
+
+    out |= {"bf16_tflops": tflops(torch.bfloat16), "tf32_tflops": tflops(torch.float32)}
+    src = torch.randn(64 * 2**20, device="cuda")
+    dst = torch.empty_like(src)
+    cp = statistics.median(timed_steps(lambda: dst.copy_(src), 3, 10, sync))
+    peak = out["bf16_tflops"] if a.precision == "bf16-mixed" else out["tf32_tflops"]
+    return out | {"matmul_gflops": peak * 1e3, "copy_gbs": src.numel() * 4 / cp / 1e9}
 
 
 def optimizer_step(model, opt, loss) -> None:
@@ -121,44 +205,54 @@ def optimizer_step(model, opt, loss) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-def measure_train_plain(a) -> dict:
-    """Our model in a plain loop, with the step train.py runs: chunked loss, fused AdamW, gradient clipping."""
+def plain_loop(a, model, loss) -> dict:
+    """Time a plain-loop training step of ``model`` (already on a.device): ``loss(x, y)`` under a.precision's
+    autocast, then optimizer_step with fused AdamW; the batch is random ids made on the device."""
     import torch
 
-    from gpt.loss import chunked_next_token_loss
-    from gpt.model import GPTConfig, GPTModel
-
-    cfg, (B, T) = model_dict(a.shape), TRAIN_SHAPES[a.shape]
-    chunk = compose(a.shape).speed.loss_chunk
-    model = GPTModel(GPTConfig(**cfg)).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    x, y = torch.randint(0, 50257, (B, T)), torch.randint(0, 50257, (B, T))
+    train_setup(a)
+    B, T = train_shapes(a)[a.shape]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # after the model moved: its state goes there
+    x, y = (torch.randint(0, 50257, (B, T), device=a.device) for _ in range(2))
 
     def step():
-        optimizer_step(model, opt, chunked_next_token_loss(model.hidden_states(x), model.out_head.weight, y, chunk))
+        with autocast(a):
+            value = loss(x, y)
+        optimizer_step(model, opt, value)
 
-    return {"step_s": statistics.median(timed_steps(step, 1, a.steps)), "tokens": B * T}
+    return {"step_s": statistics.median(timed_steps(step, warmup_steps(a), a.steps, device_sync(a))), "tokens": B * T}
+
+
+def measure_train_plain(a) -> dict:
+    """Our model in a plain loop, with the step train.py runs on a.device: its speed.* (loss chunk, compiled
+    blocks), fused AdamW, gradient clipping."""
+    from gpt.loss import chunked_next_token_loss, next_token_loss
+    from gpt.model import GPTConfig, GPTModel
+
+    speed = compose(a.shape, trainer_overrides(a)).speed
+    model = GPTModel(GPTConfig(**model_dict(a.shape))).to(a.device).train()
+    if speed.compile:
+        for block in model.trf_blocks:
+            block.compile()
+    if speed.loss_chunk is None:
+        return plain_loop(a, model, lambda x, y: next_token_loss(model(x), y))
+    return plain_loop(a, model, lambda x, y: chunked_next_token_loss(model.hidden_states(x), model.out_head.weight,
+                                                                     y, speed.loss_chunk))
 
 
 def measure_train_hf(a) -> dict:
     """GPT2LMHeadModel in the same plain loop (its default attention, full logits + cross-entropy)."""
-    import torch
     import torch.nn.functional as F
 
-    cfg, (B, T) = model_dict(a.shape), TRAIN_SHAPES[a.shape]
-    model = hf_model(cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    x, y = torch.randint(0, 50257, (B, T)), torch.randint(0, 50257, (B, T))
-
-    def step():
-        optimizer_step(model, opt, F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten()))
-
-    return {"step_s": statistics.median(timed_steps(step, 1, a.steps)), "tokens": B * T}
+    model = hf_model(model_dict(a.shape)).to(a.device).train()
+    result = plain_loop(a, model, lambda x, y: F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten()))
+    return result | ({"attn": model.config._attn_implementation} if a.device == "cuda" else {})
 
 
 def measure_train_lightning(a) -> dict:
-    """train.py's path: GPTLightningModule + GPTDataModule (KJV) + lightning.Trainer with conf/trainer/cpu.yaml,
-    TensorBoard logging and the progress bar on; only validation and checkpoint files are off."""
+    """train.py's path: GPTLightningModule + GPTDataModule (KJV) + lightning.Trainer with conf/trainer/cpu.yaml
+    (gpu.yaml on cuda, with a.precision), TensorBoard logging and the progress bar on; only validation and
+    checkpoint files are off."""
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
     from omegaconf import OmegaConf
@@ -168,7 +262,9 @@ def measure_train_lightning(a) -> dict:
     from gpt.module import GPTLightningModule
     from gpt.tokenizer import GPT2Tokenizer
 
-    cfg, (B, T) = compose(a.shape), TRAIN_SHAPES[a.shape]
+    train_setup(a)
+    cfg, (B, T) = compose(a.shape, trainer_overrides(a)), train_shapes(a)[a.shape]
+    sync, warmup = device_sync(a), warmup_steps(a)
     tokenizer = GPT2Tokenizer()
     plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
     module = GPTLightningModule(model_dict(a.shape), plain(cfg.optim), tokenizer.to_config(), plain(cfg.sample),
@@ -179,6 +275,7 @@ def measure_train_lightning(a) -> dict:
         last = None
 
         def on_train_batch_end(self, *args):
+            sync()
             now = time.perf_counter()
             if self.last is not None:
                 times.append(now - self.last)
@@ -186,11 +283,11 @@ def measure_train_lightning(a) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         data = GPTDataModule(kjv_text(), tokenizer, T, T, B, 0.1, 0, tmp)
-        trainer_cfg = plain(cfg.trainer) | {"max_steps": a.steps + 2, "limit_val_batches": 0, "devices": 1}
+        trainer_cfg = plain(cfg.trainer) | {"max_steps": a.steps + warmup + 1, "limit_val_batches": 0, "devices": 1}
         trainer = L.Trainer(**trainer_cfg, logger=TensorBoardLogger(tmp), enable_checkpointing=False,
                             callbacks=[StepTimer()], enable_model_summary=False)
         trainer.fit(module, datamodule=data)
-    return {"step_s": statistics.median(times[1:]), "tokens": B * T}
+    return {"step_s": statistics.median(times[warmup:]), "tokens": B * T}
 
 
 def measure_generate(a) -> dict:
@@ -203,8 +300,8 @@ def measure_generate(a) -> dict:
 
     torch.manual_seed(0)
     cfg = model_dict(GEN_SHAPE) | {"drop_rate": 0.0}
-    ours = GPTModel(GPTConfig(**cfg)).eval()
-    prompt = torch.randint(0, 50257, (a.batch, GEN_PROMPT))
+    ours = GPTModel(GPTConfig(**cfg)).to(a.device).eval()
+    prompt = torch.randint(0, 50257, (a.batch, GEN_PROMPT)).to(a.device)
     n = a.new_tokens
     if a.impl == "naive":
 
@@ -220,14 +317,14 @@ def measure_generate(a) -> dict:
     elif a.impl == "ours":
         run = lambda: generate(ours, prompt, n, cfg["context_length"])  # noqa: E731
     else:
-        hf = hf_model(cfg).eval()
+        hf = hf_model(cfg).to(a.device).eval()
         hf.load_state_dict(hf_state_dict(ours), strict=False)
         with torch.no_grad():  # the mapping is right: both give the same logits
             assert torch.allclose(hf(prompt).logits, ours(prompt), atol=1e-4)
         run = lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,  # noqa: E731
                                   min_new_tokens=n, do_sample=False, use_cache=True, pad_token_id=0)
     with torch.no_grad():
-        times = timed_steps(run, 1, a.repeats)
+        times = timed_steps(run, 1, a.repeats, device_sync(a))
         out = run()
     weight_bytes = sum(p.numel() for p in ours.parameters()) * 4
     return {"s": statistics.median(times), "tokens": a.batch * n, "steps": n, "weight_bytes": weight_bytes,
@@ -268,12 +365,17 @@ MEASURES = {"peaks": measure_peaks, "train-plain": measure_train_plain, "train-h
 def run_one(a, what: str, **kw) -> dict:
     """Run one measurement in a fresh python process; its result plus its peak RSS."""
     argv = [sys.executable, __file__, "--measure", what, "--threads", str(a.threads), "--steps", str(a.steps),
-            "--repeats", str(a.repeats), "--new-tokens", str(a.new_tokens)]
+            "--repeats", str(a.repeats), "--new-tokens", str(a.new_tokens), "--device", a.device,
+            "--precision", a.precision] + (["--quick"] if a.quick else [])
     for k, v in kw.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
-        sys.exit(f"error: measurement {what} {kw} failed:\n{done.stderr[-3000:]}")
+        if a.device != "cuda":
+            sys.exit(f"error: measurement {what} {kw} failed:\n{done.stderr[-3000:]}")
+        # One GPU session, one try: report the failure and measure the rest.
+        print(f"  FAILED {what} {kw}:\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
+        return None
     result = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"  measured {what} {kw or ''}".rstrip(), file=sys.stderr, flush=True)
     return result
@@ -281,20 +383,26 @@ def run_one(a, what: str, **kw) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="3 steps, 2 repeats, 50 new tokens: a smoke run")
+    p.add_argument("--quick", action="store_true",
+                   help="3 steps, 2 repeats, 50 new tokens: a smoke run (cuda: 10 steps, 3 repeats, 100 new tokens)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
     p.add_argument("--steps", type=int, default=None, help="timed training steps per measurement (default 8)")
     p.add_argument("--repeats", type=int, default=None, help="repeats of each generation / data / peak timing (5)")
     p.add_argument("--new-tokens", type=int, default=None, help="tokens generated per prompt (200)")
     p.add_argument("--only", default="train,generate,data", help="comma list of sections to run")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where training and generation run")
+    p.add_argument("--precision", choices=("32-true", "bf16-mixed"), default=None,
+                   help="training precision (default: 32-true on cpu, bf16-mixed on cuda)")
     p.add_argument("--measure", help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
     p.add_argument("--impl", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
-    a.steps = a.steps or (3 if a.quick else 8)
-    a.repeats = a.repeats or (2 if a.quick else 5)
-    a.new_tokens = a.new_tokens or (50 if a.quick else 200)
+    cuda = a.device == "cuda"
+    a.precision = a.precision or ("bf16-mixed" if cuda else "32-true")
+    a.steps = a.steps or ((10 if cuda else 3) if a.quick else (20 if cuda else 8))
+    a.repeats = a.repeats or ((3 if cuda else 2) if a.quick else 5)
+    a.new_tokens = a.new_tokens or ((100 if cuda else 50) if a.quick else 200)
 
     if a.measure:  # inside a measuring process
         import torch
@@ -302,55 +410,88 @@ def main() -> None:
         torch.set_num_threads(a.threads)
         result = MEASURES[a.measure](a)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if cuda:
+            result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         print(json.dumps(result))
         return
 
     import torch
 
     sections = set(a.only.split(","))
-    print(f"# bench: torch {torch.__version__}, {a.threads} threads, {os.cpu_count()} cores, "
+    if cuda and not torch.cuda.is_available():
+        sys.exit("error: --device cuda, but torch sees no CUDA device")
+    where = f"cuda, precision {a.precision}" if cuda else f"{a.threads} threads, {os.cpu_count()} cores"
+    print(f"# bench: torch {torch.__version__}, {where}, "
           f"steps={a.steps} repeats={a.repeats} new_tokens={a.new_tokens}{' (quick)' if a.quick else ''}")
     peaks = run_one(a, "peaks")
-    print(f"machine: fp32 matmul peak {peaks['matmul_gflops']:.0f} GFLOP/s (2048^3), "
-          f"copy bandwidth {peaks['copy_gbs']:.1f} GB/s (256 MB)")
+    if peaks is None:  # cuda only (a CPU failure exits): nothing to compare against
+        sys.exit("error: the GPU peak measurement failed")
+    if cuda:
+        print(f"machine: {peaks['gpu']} (sm {peaks['capability']}): bf16 matmul peak {peaks['bf16_tflops']:.0f} "
+              f"TFLOP/s, tf32 {peaks['tf32_tflops']:.0f} TFLOP/s (8192^3), copy bandwidth "
+              f"{peaks['copy_gbs']:.0f} GB/s (256 MB); MFU against the {'bf16' if a.precision == 'bf16-mixed' else 'tf32'} peak")
+    else:
+        print(f"machine: fp32 matmul peak {peaks['matmul_gflops']:.0f} GFLOP/s (2048^3), "
+              f"copy bandwidth {peaks['copy_gbs']:.1f} GB/s (256 MB)")
+    memory = (lambda r: f"{r['peak_gpu_mb']:>6.0f} MB") if cuda else (lambda r: f"{r['peak_rss_mb']:>6.0f} MB")
 
     if "train" in sections:
-        print("\ntraining tokens/s (fp32, median step)      tokens/s    vs HF   MFU   peak RSS")
-        for shape, (B, T) in TRAIN_SHAPES.items():
+        shapes = train_shapes(a)
+        if cuda:
+            print(f"\ntraining tokens/s ({a.precision}, median step, cuda)  tokens/s    vs HF   MFU   peak GPU mem")
+            print("  shapes (batch x tokens): " + ", ".join(f"{k} {B} x {T}" for k, (B, T) in shapes.items()))
+        else:
+            print("\ntraining tokens/s (fp32, median step)      tokens/s    vs HF   MFU   peak RSS")
+        for shape, (B, T) in shapes.items():
             flops = train_flops_per_token(model_dict(shape), T)
             rows = {impl: run_one(a, f"train-{impl}", shape=shape) for impl in ("lightning", "plain", "hf")}
-            hf_tps = rows["hf"]["tokens"] / rows["hf"]["step_s"]
+            hf = rows["hf"]
+            hf_tps = hf and hf["tokens"] / hf["step_s"]
             for impl, label in (("lightning", "ours, Lightning (train.py path)"), ("plain", "ours, plain loop"),
                                 ("hf", "HF GPT2LMHeadModel, plain loop")):
                 r = rows[impl]
+                if r is None:
+                    print(f"  {shape:<10} {label:<33}   FAILED (its error is above)")
+                    continue
                 tps = r["tokens"] / r["step_s"]
                 mfu = tps * flops / (peaks["matmul_gflops"] * 1e9)
-                print(f"  {shape:<10} {label:<33} {tps:>8.0f}  {tps / hf_tps:>5.2f}x  {mfu:>4.0%}  "
-                      f"{r['peak_rss_mb']:>6.0f} MB")
+                vs_hf = f"{tps / hf_tps:>5.2f}x" if hf_tps else "    ?x"
+                print(f"  {shape:<10} {label:<33} {tps:>8.0f}  {vs_hf}  {mfu:>4.0%}  {memory(r)}")
             lit, pl = rows["lightning"], rows["plain"]
-            print(f"  {shape:<10} Lightning / plain loop: {pl['step_s'] / lit['step_s']:.3f}")
+            if lit and pl:
+                print(f"  {shape:<10} Lightning / plain loop: {pl['step_s'] / lit['step_s']:.3f}")
+            if cuda and hf:
+                print(f"  {shape:<10} HF attention: {hf['attn']}; step ms: " + ", ".join(
+                    f"{k} {r['step_s'] * 1e3:.1f}" for k, r in rows.items() if r))
 
     if "generate" in sections:
         print(f"\ngeneration, {GEN_SHAPE} shape, fp32, greedy, {a.new_tokens} new tokens after {GEN_PROMPT}"
-              f"        tokens/s   weights GB/s   peak RSS")
+              f"        tokens/s   weights GB/s   {'peak GPU mem' if cuda else 'peak RSS'}")
         for batch in (1, 8):
-            impls = ("naive", "ours", "hf") if batch == 1 else ("ours", "hf")  # naive at batch 8: many minutes
+            # naive at batch 8: many minutes on a CPU; on a GPU (one call, short of time) naive only without --quick
+            impls = ("naive", "ours", "hf") if batch == 1 and not (cuda and a.quick) else ("ours", "hf")
             rows = {impl: run_one(a, "generate", impl=impl, batch=batch) for impl in impls}
             for impl, label in (("naive", "naive re-forward"), ("ours", "ours, KV cache"),
                                 ("hf", "HF generate(use_cache=True)")):
                 if impl in rows:
                     r = rows[impl]
+                    if r is None:
+                        print(f"  batch {batch}  {label:<30}   FAILED (its error is above)")
+                        continue
                     gbs = r["weight_bytes"] * r["steps"] / r["s"] / 1e9  # the weights are read once per step
                     print(f"  batch {batch}  {label:<30} {r['tokens'] / r['s']:>8.1f}   {gbs:>8.1f}     "
-                          f"{r['peak_rss_mb']:>6.0f} MB")
-            t = {k: r["tokens"] / r["s"] for k, r in rows.items()}
-            same = "same" if rows["ours"]["ids"] == rows["hf"]["ids"] else "DIFFERENT"
-            extra = f", cache / naive {t['ours'] / t['naive']:.1f}x" if "naive" in t else ""
-            print(f"  batch {batch}  ours / HF {t['ours'] / t['hf']:.2f}x{extra}; greedy tokens ours vs HF: {same}")
+                          f"{memory(r)}")
+            t = {k: r["tokens"] / r["s"] for k, r in rows.items() if r}
+            if "ours" in t and "hf" in t:
+                same = "same" if rows["ours"]["ids"] == rows["hf"]["ids"] else "DIFFERENT"
+                extra = f", cache / naive {t['ours'] / t['naive']:.1f}x" if "naive" in t else ""
+                print(f"  batch {batch}  ours / HF {t['ours'] / t['hf']:.2f}x{extra}; greedy tokens ours vs HF: {same}")
         print(f"  (machine copy bandwidth: {peaks['copy_gbs']:.1f} GB/s)")
 
     if "data" in sections:
         ours, raw = run_one(a, "data", impl="ours"), run_one(a, "data", impl="raw")
+        if ours is None or raw is None:
+            return
         print("\ndata prep, KJV (4.1 MB) -> token cache          MB/s   peak RSS")
         print(f"  ours: cached_token_ids (streamed, to disk)  {ours['mb_s']:>6.1f}   {ours['peak_rss_mb']:>5.0f} MB")
         print(f"  raw tiktoken encode_ordinary_batch         {raw['mb_s']:>6.1f}   {raw['peak_rss_mb']:>5.0f} MB")
