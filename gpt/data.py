@@ -10,7 +10,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -33,8 +35,8 @@ def cache_key(text: str, tokenizer: Tokenizer) -> str:
     return h.hexdigest()[:32]
 
 
-CHUNK_CHARS = 1 << 16  # characters per chunk (64K)
-CHUNKS_PER_BATCH = 32  # chunks per batch encode: ~2 MB of text and its ids in memory at a time, whatever the corpus
+CHUNK_CHARS = 1 << 14  # characters per chunk (16K): small pieces keep every thread busy to the end
+IN_FLIGHT_PER_THREAD = 4  # chunks queued per thread: a few hundred KB of text and ids in memory, whatever the corpus
 
 
 def _safe_cut(text: str, i: int) -> int | None:
@@ -63,16 +65,18 @@ def safe_chunks(text: str, size: int) -> Iterator[str]:
 
 
 def _encode_stream(text: str, tokenizer: Tokenizer) -> Iterator[list[int]]:
-    """Token ids of ``text``, a batch of chunks at a time (tiktoken encodes a batch on several threads)."""
-    encode_batch = getattr(tokenizer, "encode_batch", None) or (lambda texts: [tokenizer.encode(t) for t in texts])
-    batch: list[str] = []
-    for chunk in safe_chunks(text, CHUNK_CHARS):
-        batch.append(chunk)
-        if len(batch) == CHUNKS_PER_BATCH:
-            yield from encode_batch(batch)
-            batch = []
-    if batch:
-        yield from encode_batch(batch)
+    """Token ids of ``text``, chunk by chunk in order, encoded on one thread per core. tiktoken releases the GIL
+    while it encodes, so the chunks run in parallel; a bounded queue keeps memory flat and, unlike batch calls,
+    never waits for a batch's slowest chunk before starting the next ones."""
+    threads = os.cpu_count() or 1
+    with ThreadPoolExecutor(threads) as pool:
+        queued: deque[Future[list[int]]] = deque()
+        for chunk in safe_chunks(text, CHUNK_CHARS):
+            queued.append(pool.submit(tokenizer.encode, chunk))
+            if len(queued) >= IN_FLIGHT_PER_THREAD * threads:
+                yield queued.popleft().result()
+        while queued:
+            yield queued.popleft().result()
 
 
 def cached_token_ids(text: str, tokenizer: Tokenizer, cache_dir: str | Path) -> np.ndarray:
@@ -88,7 +92,7 @@ def cached_token_ids(text: str, tokenizer: Tokenizer, cache_dir: str | Path) -> 
         n = 0
         with open(raw, "w+b") as f:
             for ids in _encode_stream(text, tokenizer):
-                f.write(np.asarray(ids, dtype=dtype).tobytes())
+                f.write(np.fromiter(ids, dtype=dtype, count=len(ids)).tobytes())
                 n += len(ids)
             # Now that the length is known: the .npy header, then the ids copied behind it.
             f.seek(0)

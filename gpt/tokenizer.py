@@ -145,9 +145,6 @@ class GPT2Tokenizer:
         """Encode text; ``<|endoftext|>`` written in the text becomes the special token."""
         return self.encoding.encode(text, allowed_special={ENDOFTEXT})
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.encoding.encode_batch(texts, allowed_special={ENDOFTEXT})
-
     def decode(self, ids: list[int]) -> str:
         return self.encoding.decode(ids)
 

@@ -37,7 +37,6 @@ def test_token_cache_is_compact_memory_mapped_and_reused(gpt2_tokenizer, tmp_pat
     assert isinstance(ids, np.memmap) and ids.dtype == np.uint16
     assert ids.tolist() == gpt2_tokenizer.encode(text)
     monkeypatch.setattr(gpt2_tokenizer, "encode", lambda _: pytest.fail("tokenized twice"))
-    monkeypatch.setattr(gpt2_tokenizer, "encode_batch", lambda _: pytest.fail("tokenized twice"))
     assert np.array_equal(cached_token_ids(text, gpt2_tokenizer, tmp_path), ids)
     assert len(list(tmp_path.glob("*.npy"))) == 1
 
@@ -135,8 +134,8 @@ def test_chunks_cut_only_where_encoding_cannot_change(gpt2_tokenizer, size):
 
 def test_streamed_token_cache_equals_encoding_the_whole_text(gpt2_tokenizer, shared_file, tmp_path, monkeypatch):
     text = shared_file("the-verdict.txt").read_text(encoding="utf-8")
-    monkeypatch.setattr(gpt.data, "CHUNK_CHARS", 500)  # ~40 chunks over several batches
-    monkeypatch.setattr(gpt.data, "CHUNKS_PER_BATCH", 4)
+    monkeypatch.setattr(gpt.data, "CHUNK_CHARS", 500)  # ~40 chunks, in and out of a queue of a few
+    monkeypatch.setattr(gpt.data, "IN_FLIGHT_PER_THREAD", 1)
     ids = cached_token_ids(text, gpt2_tokenizer, tmp_path)
     assert ids.tolist() == gpt2_tokenizer.encode(text)
     assert [p.suffix for p in tmp_path.iterdir()] == [".npy"]  # no temporary files left
