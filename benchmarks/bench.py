@@ -155,7 +155,7 @@ def timed_steps(step, warmup: int, steps: int, sync=lambda: None) -> list[float]
 
 
 def measure_peaks(a) -> dict:
-    """Matmul GFLOP/s (fp32, square) and copy bandwidth (bytes read per second) of this machine."""
+    """Matmul GFLOP/s (fp32, square), copy bandwidth (bytes read per second) and read-only bandwidth (a sum)."""
     import torch
 
     if a.device == "cuda":
@@ -166,7 +166,9 @@ def measure_peaks(a) -> dict:
     src = torch.randn(64 * 2**20)  # 256 MB: far beyond the caches
     dst = torch.empty_like(src)
     cp = statistics.median(timed_steps(lambda: dst.copy_(src), 2, a.repeats))
-    return {"matmul_gflops": 2 * n**3 / mm / 1e9, "copy_gbs": src.numel() * 4 / cp / 1e9}
+    rd = statistics.median(timed_steps(lambda: src.sum(), 2, a.repeats))  # read only, on every thread
+    return {"matmul_gflops": 2 * n**3 / mm / 1e9, "copy_gbs": src.numel() * 4 / cp / 1e9,
+            "read_gbs": src.numel() * 4 / rd / 1e9}
 
 
 def measure_cuda_peaks(a) -> dict:
@@ -432,7 +434,7 @@ def main() -> None:
               f"{peaks['copy_gbs']:.0f} GB/s (256 MB); MFU against the {'bf16' if a.precision == 'bf16-mixed' else 'tf32'} peak")
     else:
         print(f"machine: fp32 matmul peak {peaks['matmul_gflops']:.0f} GFLOP/s (2048^3), "
-              f"copy bandwidth {peaks['copy_gbs']:.1f} GB/s (256 MB)")
+              f"copy bandwidth {peaks['copy_gbs']:.1f} GB/s, read bandwidth {peaks['read_gbs']:.1f} GB/s (256 MB)")
     memory = (lambda r: f"{r['peak_gpu_mb']:>6.0f} MB") if cuda else (lambda r: f"{r['peak_rss_mb']:>6.0f} MB")
 
     if "train" in sections:
@@ -486,7 +488,8 @@ def main() -> None:
                 same = "same" if rows["ours"]["ids"] == rows["hf"]["ids"] else "DIFFERENT"
                 extra = f", cache / naive {t['ours'] / t['naive']:.1f}x" if "naive" in t else ""
                 print(f"  batch {batch}  ours / HF {t['ours'] / t['hf']:.2f}x{extra}; greedy tokens ours vs HF: {same}")
-        print(f"  (machine copy bandwidth: {peaks['copy_gbs']:.1f} GB/s)")
+        read = f", read {peaks['read_gbs']:.1f} GB/s" if "read_gbs" in peaks else ""
+        print(f"  (machine bandwidth: copy {peaks['copy_gbs']:.1f} GB/s{read})")
 
     if "data" in sections:
         ours, raw = run_one(a, "data", impl="ours"), run_one(a, "data", impl="raw")

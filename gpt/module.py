@@ -21,11 +21,13 @@ class NonFiniteLossError(ArithmeticError):
     """A loss became NaN or infinite: training stops rather than write a checkpoint of broken weights."""
 
 
-def check_finite(name: str, loss: torch.Tensor, step: int) -> None:
-    if not torch.isfinite(loss):
+def check_finite(name: str, values: torch.Tensor, step: int) -> None:
+    """Raise NonFiniteLossError if any of ``values`` (one loss, or the micro-batch losses of a step) is NaN or inf."""
+    finite = torch.isfinite(values)
+    if not finite.all():
         raise NonFiniteLossError(
-            f"{name} is {loss.item()} at step {step}; training stopped and no checkpoint of this step was written "
-            "(try a lower optim.lr, more optim.warmup_steps or trainer.gradient_clip_val)"
+            f"{name} is {values[~finite].flatten()[0].item()} at step {step}; training stopped and no checkpoint of "
+            "this step was written (try a lower optim.lr, more optim.warmup_steps or trainer.gradient_clip_val)"
         )
 
 
@@ -79,6 +81,7 @@ class GPTLightningModule(L.LightningModule):
             for block in self.model.trf_blocks:
                 block.compile()
         self.tokens_seen = 0
+        self._step_losses: list[torch.Tensor] = []  # this optimizer step's micro-batch losses, on the device
         self._step_start: float | None = None
         self._val_loss_sum = self._val_tokens = None
 
@@ -93,15 +96,21 @@ class GPTLightningModule(L.LightningModule):
         return chunked_next_token_loss(hidden, self.model.out_head.weight, targets, self.loss_chunk)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # Nothing here reads a GPU value or logs a Python number (which is copied to the GPU): either would make
+        # the CPU wait for the forward pass before it could queue the backward.
         inputs, targets = batch
         loss = self.loss(inputs, targets)
-        check_finite("train/loss", loss.detach(), self.global_step)
+        self._step_losses.append(loss.detach())
         self.tokens_seen += inputs.numel() * self.trainer.world_size
         # sync_dist: the mean over all processes, i.e. the loss of the global batch (rank 0 alone saw 1/N of it).
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-        self.log("train/tokens_seen", float(self.tokens_seen))
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # After the backward, before the update, clipping and any checkpoint of this step: a NaN or infinite loss
+        # of any accumulated micro-batch stops the run here, with the weights of the last good step.
+        check_finite("train/loss", torch.stack(self._step_losses), self.global_step)
+        self._step_losses = []
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         if self._step_start is None:
@@ -113,6 +122,8 @@ class GPTLightningModule(L.LightningModule):
             tokens = batch[0].numel() * self.trainer.accumulate_grad_batches * self.trainer.world_size
             self.log("train/tokens_per_sec", tokens / (time.perf_counter() - self._step_start), prog_bar=True)
             self._step_start = None
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        self.log("train/tokens_seen", float(self.tokens_seen))
 
     def on_validation_epoch_start(self) -> None:
         self._val_loss_sum = torch.zeros((), device=self.device)

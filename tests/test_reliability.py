@@ -92,18 +92,35 @@ def test_sampler_skips_what_was_trained_and_rebuilds_any_epoch():
     assert len(ranks[0]) == len(ranks[1]) == 5 and set(ranks[0] + ranks[1]) == set(range(9))
 
 
-def test_a_training_step_with_a_nan_loss_stops_with_the_step():
+def test_a_nan_loss_stops_training_before_its_update_and_its_checkpoint(tmp_path):
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader, TensorDataset
+
     from gpt.module import GPTLightningModule, NonFiniteLossError
 
     tok = build_tokenizer("simple_v2", "a b c")
     model = dict(vocab_size=5, context_length=4, emb_dim=8, n_heads=2, n_layers=1, drop_rate=0.0, qkv_bias=False,
                  tie_weights=True)
-    module = GPTLightningModule(model, optim={}, tokenizer=tok.to_config(), sample={})
-    with torch.no_grad():
-        module.model.tok_emb.weight.fill_(float("nan"))
-    ids = torch.zeros(1, 4, dtype=torch.long)
-    with pytest.raises(NonFiniteLossError, match=r"train/loss is nan at step 0"):
-        module.training_step((ids, ids), 0)
+    optim = dict(lr=1e-2, weight_decay=0.1, betas=[0.9, 0.95], warmup_steps=1, min_lr_ratio=0.1)
+    module = GPTLightningModule(model, optim, tok.to_config(), sample={})
+    forwards = 0
+
+    def nan_at_the_fourth_forward(module, args, out):  # the second micro-batch of optimizer step 1
+        nonlocal forwards
+        forwards += 1
+        return out * float("nan") if forwards == 4 else out
+
+    module.model.register_forward_hook(nan_at_the_fourth_forward)
+    ids = torch.randint(0, 5, (8, 4))
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, accumulate_grad_batches=2, gradient_clip_val=1.0,
+                        logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)])
+    with pytest.raises(NonFiniteLossError, match=r"train/loss is nan at step 1"):
+        trainer.fit(module, DataLoader(TensorDataset(ids, ids), batch_size=1))
+    assert trainer.global_step == 1  # step 1's update never ran
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch=0-step=1.ckpt"]  # only the good step was saved
 
 
 # ---------------------------------------------------------------- atomic checkpoints
