@@ -64,7 +64,7 @@ class GPTLightningModule(L.LightningModule):
     """Next-token pretraining of a GPTModel.
 
     Hyperparameters are plain dicts so a checkpoint can be read back with ``torch.load(weights_only=True)``
-    and without Lightning (see ``gpt.checkpoint``). ``speed`` (conf/config.yaml) changes how fast the step runs,
+    and without Lightning (see ``gpt.checkpoint``). ``speed`` (conf/speed/) changes how fast the step runs,
     never its maths: ``loss_chunk`` tokens of logits at a time (null: the full logits tensor) and ``compile``
     (torch.compile each transformer block). Without it the step is the plain one.
     """
