@@ -14,22 +14,13 @@ from gpt.cli import run_cli, user_errors
 
 
 def run(cfg: DictConfig) -> None:
-    import torch
+    from gpt.tasks import load_for
 
-    from gpt.checkpoint import load_trained
-    from gpt.finetune.classification import last_token_logits
-
-    model, tokenizer, task = load_trained(hydra.utils.to_absolute_path(cfg.ckpt), map_location=cfg.device)
-    if task["name"] != "classify":
-        raise ValueError(f"{cfg.ckpt} is not a classifier (task {task['name']}); train one with task=classify")
+    model, tokenizer, task = load_for("classify", hydra.utils.to_absolute_path(cfg.ckpt), None, cfg.device)
     texts = [cfg.text] if cfg.text is not None else [line.rstrip("\n") for line in sys.stdin if line.strip()]
     for text in texts:
-        ids = tokenizer.encode(text)[: model.cfg.context_length] or [tokenizer.eot_id]
-        with torch.no_grad():
-            logits = last_token_logits(model(torch.tensor([ids], device=cfg.device)), torch.tensor([len(ids)]))
-        probs = torch.softmax(logits[0], dim=-1)
-        best = int(probs.argmax())
-        print(f"{task['labels'][best]}\t{probs[best]:.3f}\t{text}", flush=True)
+        label, probability = task.label(model, tokenizer, text)
+        print(f"{label}\t{probability:.3f}\t{text}", flush=True)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="classify")

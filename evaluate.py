@@ -17,22 +17,19 @@ from gpt.cli import run_cli, user_errors
 def run(cfg: DictConfig) -> None:
     import torch
 
-    from gpt.checkpoint import load_model
-    from gpt.corpus import load_corpus
+    from gpt.checks import check_vocab, check_window
+    from gpt.data.sources import corpus_text
     from gpt.evaluation import mean_next_token_loss
+    from gpt.tasks import load_for
 
     ckpt = cfg.ckpt and hydra.utils.to_absolute_path(cfg.ckpt)
-    model, tokenizer, task = load_model(ckpt, cfg.pretrained, map_location=cfg.device)
-    if task["name"] == "classify":
-        raise ValueError(f"{cfg.ckpt} is a classifier; evaluate.py scores language models")
-    path = cfg.data.path and hydra.utils.to_absolute_path(cfg.data.path)
-    text = load_corpus(cfg.data.source, path)
+    model, tokenizer, task = load_for("evaluate", ckpt, cfg.pretrained, cfg.device)
+    text = corpus_text(hydra.utils.instantiate(cfg.data.source))
     ids = torch.tensor(tokenizer.encode(text), device=cfg.device)
-    if len(ids) and int(ids.max()) >= model.cfg.vocab_size:
-        raise ValueError(f"the text has token id {int(ids.max())}, beyond the model's {model.cfg.vocab_size} tokens")
+    if len(ids):
+        check_vocab(int(ids.max()), model.cfg.vocab_size, "the text")
     max_length = cfg.data.max_length or model.cfg.context_length
-    if max_length > model.cfg.context_length:
-        raise ValueError(f"data.max_length={max_length} is longer than the model's context {model.cfg.context_length}")
+    check_window(max_length, model.cfg.context_length)
     loss, n_tokens = mean_next_token_loss(model, ids, max_length, cfg.data.batch_size)
     print(f"loss: {loss:.4f}")
     print(f"perplexity: {math.exp(loss):.2f}")

@@ -15,10 +15,10 @@ from gpt.cli import run_cli, user_errors
 
 
 def run(cfg: DictConfig) -> None:
-    from gpt.checkpoint import load_checkpoint
     from gpt.pretrained import export_hf
+    from gpt.tasks import load_for
 
-    model, tokenizer = load_checkpoint(hydra.utils.to_absolute_path(cfg.ckpt))
+    model, tokenizer, _ = load_for("generate", hydra.utils.to_absolute_path(cfg.ckpt), None)
     out = export_hf(model, tokenizer.to_config(), tokenizer.eot_id, hydra.utils.to_absolute_path(cfg.out))
     print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'}")
     print(f"load it:   transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})")

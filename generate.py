@@ -19,18 +19,16 @@ def run(cfg: DictConfig) -> None:
     import torch
 
     from gpt.chat import chat
-    from gpt.checkpoint import load_model
-    from gpt.finetune.instruction import format_input
+    from gpt.checks import check_vocab
     from gpt.generation import check_sampling, generate_tokens
+    from gpt.tasks import load_for
 
     if cfg.max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {cfg.max_new_tokens}")
     if not cfg.chat and not cfg.prompt:
         raise ValueError('prompt is empty; give some text to continue, e.g. prompt="And God said"')
     ckpt = cfg.ckpt and hydra.utils.to_absolute_path(cfg.ckpt)
-    model, tokenizer, task = load_model(ckpt, cfg.pretrained, map_location=cfg.device)
-    if task["name"] == "classify":
-        raise ValueError(f"{cfg.ckpt} is a classifier: label texts with python classify.py ckpt={cfg.ckpt} text=...")
+    model, tokenizer, task = load_for("generate", ckpt, cfg.pretrained, cfg.device)
     check_sampling(cfg.temperature, cfg.top_k, cfg.top_p, model.cfg.vocab_size)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
@@ -39,13 +37,11 @@ def run(cfg: DictConfig) -> None:
         chat(model, tokenizer, sys.stdin, write, cfg.max_new_tokens, generator, **sampling)
         return
 
-    instruct = task["name"] == "instruct"  # the prompt is an instruction: wrap it, print only the response
+    text = task.prompt(cfg.prompt)  # an instruction model's template around it, if it has one
     ctx = model.cfg.context_length
-    ids = tokenizer.encode(format_input({"instruction": cfg.prompt}) if instruct else cfg.prompt)
-    ids = ids[-ctx:]  # a prompt longer than the context keeps its last tokens
-    if max(ids) >= model.cfg.vocab_size:
-        raise ValueError(f"the prompt has token id {max(ids)}, beyond the model's {model.cfg.vocab_size} tokens")
-    if not instruct:
+    ids = tokenizer.encode(text)[-ctx:]  # a prompt longer than the context keeps its last tokens
+    check_vocab(max(ids), model.cfg.vocab_size, "the prompt")
+    if text == cfg.prompt:  # a continuation: show the prompt it continues; an answer stands alone
         print(tokenizer.decode(ids), end="", flush=True)
     stream = generate_tokens(
         model,

@@ -252,25 +252,26 @@ def measure_train_hf(a) -> dict:
 
 
 def measure_train_lightning(a) -> dict:
-    """train.py's path: GPTLightningModule + GPTDataModule (KJV) + lightning.Trainer with conf/trainer/cpu.yaml
+    """train.py's path: TaskModule + TaskDataModule (pretraining on the KJV) + lightning.Trainer with conf/trainer/cpu.yaml
     (gpu.yaml on cuda, with a.precision), TensorBoard logging and the progress bar on; only validation and
     checkpoint files are off."""
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
     from omegaconf import OmegaConf
 
-    from gpt.corpus import kjv_text
-    from gpt.data import GPTDataModule
-    from gpt.module import GPTLightningModule
+    from gpt.data.sources.kjv import KJV
+    from gpt.tasks.pretrain import Pretrain
     from gpt.tokenizer import GPT2Tokenizer
+    from gpt.training.datamodule import TaskDataModule
+    from gpt.training.module import TaskModule
 
     train_setup(a)
     cfg, (B, T) = compose(a.shape, trainer_overrides(a)), train_shapes(a)[a.shape]
     sync, warmup = device_sync(a), warmup_steps(a)
     tokenizer = GPT2Tokenizer()
     plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
-    module = GPTLightningModule(model_dict(a.shape), plain(cfg.optim), tokenizer.to_config(), plain(cfg.sample),
-                                plain(cfg.speed))
+    module = TaskModule(model_dict(a.shape), plain(cfg.optim), tokenizer.to_config(), plain(cfg.task),
+                        plain(cfg.speed))
     times: list[float] = []
 
     class StepTimer(L.Callback):  # wall time between batch ends: data, forward, backward, optimizer, logging
@@ -284,7 +285,8 @@ def measure_train_lightning(a) -> dict:
             self.last = now
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = GPTDataModule(kjv_text(), tokenizer, T, T, B, 0.1, 0, tmp)
+        settings = {"max_length": T, "stride": T, "val_ratio": 0.1, "cache_dir": tmp}
+        data = TaskDataModule(Pretrain(), KJV(), tokenizer, settings, B, seed=0)
         trainer_cfg = plain(cfg.trainer) | {"max_steps": a.steps + warmup + 1, "limit_val_batches": 0, "devices": 1}
         trainer = L.Trainer(**trainer_cfg, logger=TensorBoardLogger(tmp), enable_checkpointing=False,
                             callbacks=[StepTimer()], enable_model_summary=False)
@@ -337,8 +339,8 @@ def measure_data(a) -> dict:
     """Tokenizing the KJV (~4 MB) into the token cache, against tiktoken's batch encode of the same text."""
     import numpy as np
 
-    from gpt.corpus import kjv_text
-    from gpt.data import cached_token_ids
+    from gpt.data.sources.kjv import kjv_text
+    from gpt.data.tokens import cached_token_ids
     from gpt.tokenizer import GPT2Tokenizer
 
     text, tokenizer = kjv_text(), GPT2Tokenizer()

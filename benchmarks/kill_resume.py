@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gpt.corpus import kjv_text  # noqa: E402
+from gpt.data.sources.kjv import kjv_text  # noqa: E402
 
 ARGS = [
     "model.n_layers=2", "model.emb_dim=32", "model.n_heads=2", "model.context_length=32", "model.drop_rate=0.1",

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from gpt.finetune.instruction import format_input
+from gpt.data.sources.alpaca import format_input
 from gpt.generation import generate_tokens
 from gpt.tokenizer import Tokenizer
 

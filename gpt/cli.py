@@ -91,6 +91,8 @@ class RunDirGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         if not is_rank_zero():
             return  # another process of a DDP run joins the run directory its rank 0 made
+        if config.get("trainer", {}).get("fast_dev_run"):
+            return  # debug=fast: writes nothing, in the current directory
         run_dir = Path(config.hydra.run.dir).absolute()
         existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
         if existing is not None and not existing.is_dir():

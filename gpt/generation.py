@@ -140,3 +140,17 @@ def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, context_l
     """``idx`` (B, T) followed by the generated tokens (B, T + n); see ``generate_tokens`` for the arguments."""
     new = list(generate_tokens(model, idx, max_new_tokens, context_length, **kwargs))
     return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx
+
+
+def complete(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int, **kwargs) -> str:
+    """The text ``model`` writes after ``prompt`` (its last ``context_length`` tokens), up to ``<|endoftext|>``;
+    ``kwargs`` are ``generate_tokens``'s sampling arguments (greedy without them)."""
+    ctx = model.cfg.context_length
+    ids = tokenizer.encode(prompt)[-ctx:]
+    idx = torch.tensor([ids], device=model.tok_emb.weight.device)
+    new = []
+    for token in generate_tokens(model, idx, max_new_tokens, ctx, eos_id=tokenizer.eot_id, **kwargs):
+        if token.item() == tokenizer.eot_id:
+            break
+        new.append(token.item())
+    return tokenizer.decode(new)

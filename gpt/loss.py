@@ -8,27 +8,34 @@ are still in cache, so the full tensor never exists. Same maths, same result (te
 
 from __future__ import annotations
 
-
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+
+IGNORE_INDEX = -100  # a target with this value is not predicted (padding, or a prompt the model need not learn)
 
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting every next token: logits (B, T, V), targets (B, T)."""
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    """Mean cross-entropy of predicting every next token: logits (B, T, V), targets (B, T); targets equal to
+    ``IGNORE_INDEX`` do not count."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
 def chunked_next_token_loss(
-    hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor, chunk_size: int
+    hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor, chunk_size: int, ignore: bool = False
 ) -> torch.Tensor:
     """``next_token_loss(hidden @ head_weight.T, targets)`` without materialising the logits.
 
     hidden (B, T, C) final features, head_weight (V, C) the output head, targets (B, T); ``chunk_size`` tokens
-    of logits exist at a time.
+    of logits exist at a time. ``ignore``: leave out the targets equal to ``IGNORE_INDEX`` (a check that costs a
+    device sync, so pretraining, whose targets are all real, skips it).
     """
     if chunk_size <= 0:
         raise ValueError(f"loss chunk size must be positive, got {chunk_size}")
     h, t = hidden.flatten(0, 1), targets.flatten()
+    if ignore:
+        keep = t != IGNORE_INDEX
+        h, t = h[keep], t[keep]  # the gradient of a dropped row is zero
     if torch.is_grad_enabled() and (h.requires_grad or head_weight.requires_grad):
         return _HeadCrossEntropy.apply(h, head_weight, t, chunk_size)
     with torch.no_grad():  # evaluation: only the loss
@@ -89,3 +96,14 @@ class _HeadCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
         return grad_h * grad_loss, grad_w * grad_loss, None, None
+
+
+def language_model_loss(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, chunk_size: int | None, ignore: bool = False
+) -> torch.Tensor:
+    """Mean next-token loss of a GPTModel on (B, T) inputs and targets: the full logits when ``chunk_size`` is
+    None or the head is not a plain Linear (LoRA adapters), else the head and the loss a chunk at a time (same
+    value, far less memory)."""
+    if chunk_size is None or type(model.out_head) is not nn.Linear:
+        return next_token_loss(model(inputs), targets)
+    return chunked_next_token_loss(model.hidden_states(inputs), model.out_head.weight, targets, chunk_size, ignore)

@@ -216,6 +216,11 @@ class GPTModel(nn.Module):
         """Parameters counted once each (a tied head is not counted twice)."""
         return sum(p.numel() for p in self.parameters())
 
+    @classmethod
+    def from_config(cls, fields: dict) -> GPTModel:
+        """A model from the plain ``model`` fields stored in configs and checkpoints."""
+        return cls(GPTConfig(**fields))
+
 
 class KVCache:
     """Every layer's keys and values for the positions decoded so far, in one buffer allocated up front.

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import RunsCode
-from gpt.checkpoint import load_checkpoint, load_model
+from gpt.tasks import load_model, load_trained
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_does_not_run(tmp_path):
@@ -14,7 +14,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_does_not_run(t
     evil = {"hyper_parameters": {"model": {}, "tokenizer": {"name": "gpt2"}}, "state_dict": {}, "x": RunsCode(marker)}
     torch.save(evil, tmp_path / "evil.ckpt")
     with pytest.raises(ValueError, match="refusing to unpickle"):
-        load_checkpoint(tmp_path / "evil.ckpt")
+        load_trained(tmp_path / "evil.ckpt")
     assert not marker.exists()
     pickle.loads(pickle.dumps(RunsCode(marker)))  # the same object through plain pickle does run code
     assert marker.exists()

@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from gpt.corpus import kjv_text
+from gpt.data.sources.kjv import kjv_text
 from gpt.generation import generate
 from gpt.model import GPTConfig, GPTModel
 from test_entrypoints import TINY, run, scalars

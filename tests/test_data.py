@@ -4,10 +4,28 @@ import numpy as np
 import pytest
 import torch
 
-from gpt.corpus import CorpusError, kjv_text, load_corpus, read_text_file
-import gpt.data
-from gpt.data import GPTDataModule, GPTDataset, cached_token_ids, safe_chunks, split_ids
+import gpt.data.tokens
+from gpt.data.sources import CorpusError, corpus_text, read_text_file
+from gpt.data.sources.folder import Folder
+from gpt.data.sources.kjv import kjv_text
+from gpt.data.tokens import cached_token_ids, safe_chunks
+from gpt.data.windows import GPTDataset, split_ids
+from gpt.tasks.pretrain import Pretrain
+from gpt.training.datamodule import TaskDataModule
 from gpt.tokenizer import SimpleTokenizerV2
+
+
+SETTINGS = dict(max_length=16, stride=16, val_ratio=0.2)
+
+
+class InMemory:
+    """A text source holding one document in memory."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def documents(self):
+        yield self.text
 
 
 def test_first_window_of_the_verdict(gpt2_tokenizer, shared_file, tmp_path):
@@ -61,10 +79,8 @@ def test_split_is_contiguous_and_val_is_the_tail():
 def test_datamodule_shuffles_train_only_by_its_seed(gpt2_tokenizer, tmp_path):
     text = " ".join(str(i) for i in range(3000))
 
-    def datamodule(seed: int) -> GPTDataModule:
-        dm = GPTDataModule(text, gpt2_tokenizer, max_length=16, stride=16, batch_size=4, val_ratio=0.2, num_workers=0,
-                           cache_dir=tmp_path, seed=seed)
-        dm.prepare_data()
+    def datamodule(seed: int) -> TaskDataModule:
+        dm = TaskDataModule(Pretrain(), InMemory(text), gpt2_tokenizer, SETTINGS | {"cache_dir": tmp_path}, 4, seed)
         dm.setup("fit")
         return dm
 
@@ -73,16 +89,17 @@ def test_datamodule_shuffles_train_only_by_its_seed(gpt2_tokenizer, tmp_path):
     a = first(dm.train_dataloader())
     assert torch.equal(a, first(datamodule(seed=0).train_dataloader()))  # the order depends on the seed only
     assert not torch.equal(a, first(datamodule(seed=1).train_dataloader()))
-    assert not torch.equal(a, torch.stack([dm.train_set[i][0] for i in range(4)]))  # shuffled
+    assert not torch.equal(a, torch.stack([dm.splits.train[i][0] for i in range(4)]))  # shuffled
     train = dm.train_dataloader()
     train.sampler.set_epoch(1)  # each epoch its own order, drawn from data seed + epoch (not the global RNG)
     assert not torch.equal(a, first(train))
     assert torch.equal(first(dm.val_dataloader()), first(dm.val_dataloader()))
-    assert len(dm.train_set.ids) + len(dm.val_set.ids) == len(gpt2_tokenizer.encode(text))
+    assert len(dm.splits.train.ids) + len(dm.splits.val.ids) == len(gpt2_tokenizer.encode(text))
 
 
 def test_corpus_too_short_for_one_window_is_a_clear_error(gpt2_tokenizer, tmp_path):
-    dm = GPTDataModule("a few words only", gpt2_tokenizer, 16, 16, 2, 0.1, 0, tmp_path)
+    settings = SETTINGS | {"cache_dir": tmp_path, "val_ratio": 0.1}
+    dm = TaskDataModule(Pretrain(), InMemory("a few words only"), gpt2_tokenizer, settings, 2, 0)
     with pytest.raises(ValueError, match="fewer than one window of data.max_length=16"):
         dm.setup("fit")
 
@@ -99,8 +116,8 @@ def test_folder_corpus_joins_sorted_files_as_documents(tmp_path):
     (tmp_path / "b.txt").write_text("second")
     (tmp_path / "a.txt").write_text("first")
     (tmp_path / "skip.md").write_text("not text")
-    assert load_corpus("folder", str(tmp_path)) == "first <|endoftext|> second"
-    assert load_corpus("folder", str(tmp_path / "b*.txt")) == "second"
+    assert corpus_text(Folder(str(tmp_path))) == "first <|endoftext|> second"
+    assert corpus_text(Folder(str(tmp_path / "b*.txt"))) == "second"
 
 
 @pytest.mark.parametrize(
@@ -134,8 +151,8 @@ def test_chunks_cut_only_where_encoding_cannot_change(gpt2_tokenizer, size):
 
 def test_streamed_token_cache_equals_encoding_the_whole_text(gpt2_tokenizer, shared_file, tmp_path, monkeypatch):
     text = shared_file("the-verdict.txt").read_text(encoding="utf-8")
-    monkeypatch.setattr(gpt.data, "CHUNK_CHARS", 500)  # ~40 chunks, in and out of a queue of a few
-    monkeypatch.setattr(gpt.data, "IN_FLIGHT_PER_THREAD", 1)
+    monkeypatch.setattr(gpt.data.tokens, "CHUNK_CHARS", 500)  # ~40 chunks, in and out of a queue of a few
+    monkeypatch.setattr(gpt.data.tokens, "IN_FLIGHT_PER_THREAD", 1)
     ids = cached_token_ids(text, gpt2_tokenizer, tmp_path)
     assert ids.tolist() == gpt2_tokenizer.encode(text)
     assert [p.suffix for p in tmp_path.iterdir()] == [".npy"]  # no temporary files left

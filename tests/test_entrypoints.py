@@ -8,7 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT
-from gpt.corpus import kjv_text
+from gpt.data.sources.kjv import kjv_text
 
 TINY = [
     "model.n_layers=2", "model.emb_dim=32", "model.n_heads=2", "model.context_length=32",

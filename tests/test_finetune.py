@@ -6,15 +6,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gpt.finetune.classification import (
-    ClassificationDataset, balance, classification_collate, last_token_logits, read_labeled, replace_head,
-    set_trainable,
+from gpt.data.sources.alpaca import format_input
+from gpt.data.sources.labeled import read_labeled
+from gpt.data.split import split
+from gpt.loss import IGNORE_INDEX
+from gpt.lora import LoRALinear, apply_lora, count_trainable, merge_lora
+from gpt.tasks.classify import (
+    ClassificationDataset, balance, classification_collate, last_token_logits, replace_head, set_trainable,
 )
-from gpt.finetune.instruction import (
-    IGNORE_INDEX, InstructionDataset, format_input, instruction_collate,
-)
-from gpt.finetune.split import split
-from gpt.finetune.lora import LoRALinear, apply_lora, count_trainable, merge_lora
+from gpt.tasks.instruct import InstructionDataset, instruction_collate
 from gpt.model import GPTConfig, GPTModel
 
 EOT = 50256
@@ -194,7 +194,7 @@ def test_chat_streams_each_token_keeps_history_resets_and_exits(gpt2_tokenizer):
 
 
 def test_a_merged_lora_model_rebuilds_from_its_config(tmp_path):
-    from gpt.checkpoint import initial_weights
+    from gpt.tasks import initial_weights
 
     model = apply_lora(tiny(tie_weights=True), rank=2, alpha=4)
     with torch.no_grad():

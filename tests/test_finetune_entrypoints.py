@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from gpt.checkpoint import load_checkpoint, load_trained
-from gpt.finetune.lora import LoRALinear
+from gpt.lora import LoRALinear
+from gpt.tasks import load_trained
 from gpt.model import GPTConfig, GPTModel
 from test_entrypoints import run
 
@@ -38,10 +38,10 @@ def test_classify_from_our_checkpoint_then_label_texts(pretrained):
     out = run("train.py", "task=classify", f"init_from={init}", f"data.path={data}", *QUICK,
               f"hydra.run.dir={run_dir}").stdout
     assert "train/val/test [28, 4, 8]" in out  # balanced 20 / 20, split 70/10/20
-    assert "test/acc:" in out and "before fine-tuning: val/acc" in out
+    assert "test/acc:" in out and "before training: val/acc" in out
 
     model, _, task = load_trained(run_dir)
-    assert task["labels"] == ["ham", "spam"] and model.out_head.weight.shape == (2, 32)
+    assert task.settings["labels"] == ["ham", "spam"] and model.out_head.weight.shape == (2, 32)
     torch.testing.assert_close(model.tok_emb.weight, base.tok_emb.weight)  # started from init_from; frozen there
 
     labeled = run("classify.py", f"ckpt={run_dir}", input_text="WIN a FREE prize! Call now\nsee you at lunch\n")
@@ -49,7 +49,7 @@ def test_classify_from_our_checkpoint_then_label_texts(pretrained):
     assert [text for *_, text in lines] == ["WIN a FREE prize! Call now", "see you at lunch"]
     assert all(label in ("ham", "spam") and 0.5 <= float(p) <= 1 for label, p, _ in lines)
     refused = run("generate.py", f"ckpt={run_dir}", "prompt=Hi", check=False)
-    assert refused.returncode == 1 and "is a classifier" in refused.stderr
+    assert refused.returncode == 1 and "holds a classify model, which generate.py cannot use" in refused.stderr
 
 
 def test_instruct_with_lora_writes_test_answers_and_chats(pretrained):
@@ -60,12 +60,12 @@ def test_instruct_with_lora_writes_test_answers_and_chats(pretrained):
     run_dir = tmp / "instruct"
     out = run("train.py", "task=instruct", f"init_from={init}", f"data.path={data}", "task.lora.rank=2",
               "task.response_tokens=3", *QUICK, f"hydra.run.dir={run_dir}").stdout
-    assert "train/val/test [34, 4, 2]" in out and "before fine-tuning: val/loss" in out
+    assert "train/val/test [34, 4, 2]" in out and "before training: val/loss" in out
 
     answers = json.loads((run_dir / "checkpoints" / "test_responses.json").read_text(encoding="utf-8"))
     assert [a["instruction"] for a in answers] == ["Add 38 and 38.", "Add 39 and 39."]
     assert all(isinstance(a["model_response"], str) for a in answers)
-    model, _ = load_checkpoint(run_dir)  # adapters merged: a plain GPTModel
+    model, _, _ = load_trained(run_dir)  # adapters merged: a plain GPTModel
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
 
     proc = run("generate.py", f"ckpt={run_dir}", "chat=true", "max_new_tokens=4", "temperature=0",

@@ -3,11 +3,14 @@ import math
 import pytest
 import torch
 
-from gpt.module import GPTLightningModule, next_token_loss, warmup_cosine
+from gpt.loss import language_model_loss, next_token_loss
+from gpt.optim import warmup_cosine
+from gpt.training.module import TaskModule
 
 MODEL = dict(vocab_size=50257, context_length=16, emb_dim=32, n_heads=2, n_layers=1, drop_rate=0.0, qkv_bias=True,
              tie_weights=True)
 OPTIM = dict(lr=1e-3, weight_decay=0.1, betas=[0.9, 0.95], warmup_steps=10, min_lr_ratio=0.1)
+PRETRAIN = {"_target_": "gpt.tasks.pretrain.Pretrain"}
 
 
 def test_schedule_warms_up_linearly_then_decays_to_the_floor():
@@ -27,7 +30,7 @@ def test_loss_is_mean_next_token_cross_entropy():
 
 
 def test_weight_decay_applies_to_matrices_only():
-    module = GPTLightningModule(MODEL, OPTIM, {"name": "gpt2"}, {})
+    module = TaskModule(MODEL, OPTIM, {"name": "gpt2"}, PRETRAIN)
     decay, no_decay = [
         {id(p) for p in group} for group in (
             [p for p in module.parameters() if p.dim() >= 2], [p for p in module.parameters() if p.dim() < 2])
@@ -49,11 +52,14 @@ def test_weight_decay_applies_to_matrices_only():
 
 def test_chunked_loss_in_the_module_is_the_plain_loss():
     torch.manual_seed(0)
-    plain = GPTLightningModule(MODEL, OPTIM, {"name": "gpt2"}, {})
-    lean = GPTLightningModule(MODEL, OPTIM, {"name": "gpt2"}, {}, speed={"compile": False, "loss_chunk": 5})
+    plain = TaskModule(MODEL, OPTIM, {"name": "gpt2"}, PRETRAIN)
+    lean = TaskModule(MODEL, OPTIM, {"name": "gpt2"}, PRETRAIN, speed={"compile": False, "loss_chunk": 5})
     lean.load_state_dict(plain.state_dict())
     idx, targets = torch.randint(0, 50257, (2, 16)), torch.randint(0, 50257, (2, 16))
-    assert lean.loss(idx, targets).item() == pytest.approx(plain.loss(idx, targets).item(), rel=1e-6)
+    loss = lambda m: m.task.step(m.model, (idx, targets))["loss"][0].item()  # noqa: E731
+    assert lean.task.loss_chunk == 5 and plain.task.loss_chunk is None
+    assert loss(lean) == pytest.approx(loss(plain), rel=1e-6)
+    assert loss(plain) == pytest.approx(language_model_loss(plain.model, idx, targets, None).item())
 
 
 def test_checkpoint_of_a_compiled_model_loads_into_an_uncompiled_one(gpt2_tokenizer, tmp_path, monkeypatch):
@@ -61,15 +67,19 @@ def test_checkpoint_of_a_compiled_model_loads_into_an_uncompiled_one(gpt2_tokeni
 
     import lightning as L
 
-    from gpt.checkpoint import load_checkpoint
-    from gpt.data import GPTDataModule
+    from gpt.data.sources.text_file import TextFile
+    from gpt.tasks import load_trained
+    from gpt.tasks.pretrain import Pretrain
+    from gpt.training.datamodule import TaskDataModule
 
     # The real compiler (inductor) takes minutes on this CPU; aot_eager wraps the blocks the same way, quickly.
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
-    module = GPTLightningModule(MODEL, OPTIM, gpt2_tokenizer.to_config(), {}, speed={"compile": True, "loss_chunk": 8})
+    module = TaskModule(MODEL, OPTIM, gpt2_tokenizer.to_config(), PRETRAIN, speed={"compile": True, "loss_chunk": 8})
     assert all(block._compiled_call_impl is not None for block in module.model.trf_blocks)
-    data = GPTDataModule("In the beginning God created the heaven and the earth. " * 40, gpt2_tokenizer,
-                         max_length=16, stride=16, batch_size=2, val_ratio=0.2, num_workers=0, cache_dir=tmp_path)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("In the beginning God created the heaven and the earth. " * 40)
+    settings = dict(max_length=16, stride=16, val_ratio=0.2, cache_dir=tmp_path)
+    data = TaskDataModule(Pretrain(), TextFile(str(corpus)), gpt2_tokenizer, settings, batch_size=2, seed=0)
     trainer = L.Trainer(max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=data)
@@ -77,6 +87,6 @@ def test_checkpoint_of_a_compiled_model_loads_into_an_uncompiled_one(gpt2_tokeni
 
     state = torch.load(tmp_path / "compiled.ckpt", weights_only=True)["state_dict"]
     assert not [k for k in state if "_orig_mod" in k]
-    model, _ = load_checkpoint(tmp_path / "compiled.ckpt")  # a plain GPTModel
+    model, _, _ = load_trained(tmp_path / "compiled.ckpt")  # a plain GPTModel
     idx = torch.randint(0, 50257, (1, 16))
     assert torch.allclose(model(idx), module.model.eval()(idx), atol=1e-5)

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT
-from gpt.checkpoint import load_checkpoint
-from gpt.corpus import kjv_text
+from gpt.tasks import load_trained
+from gpt.data.sources.kjv import kjv_text
 
 transformers = pytest.importorskip("transformers")
 
@@ -77,7 +77,7 @@ def test_init_from_trains_on_from_the_weights_and_exports_back(hf_dir, tmp_path)
         "data.batch_size=4", "optim.lr=1e-4", "optim.warmup_steps=1", "trainer.max_steps=2",
         "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "sample.max_new_tokens=2",
         f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}")
-    model, _ = load_checkpoint(tmp_path / "run")
+    model, _, _ = load_trained(tmp_path / "run")
     assert (model.cfg.emb_dim, model.cfg.context_length, model.cfg.qkv_bias, model.cfg.tie_weights) == (32, 48, True, True)
     start = reference.transformer.wte.weight
     # Two small steps moved the weights a little from GPT-2's, not from a random start.

@@ -13,8 +13,8 @@ import torch
 
 from conftest import ROOT
 from gpt.checkpoint import CheckpointError, atomic_save, read_checkpoint
-from gpt.corpus import kjv_text
-from gpt.data import ResumableSampler
+from gpt.data.sources.kjv import kjv_text
+from gpt.data.sampler import ResumableSampler
 from gpt.model import GPTConfig, GPTModel
 from gpt.tokenizer import build_tokenizer
 
@@ -97,13 +97,14 @@ def test_a_nan_loss_stops_training_before_its_update_and_its_checkpoint(tmp_path
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader, TensorDataset
 
-    from gpt.module import GPTLightningModule, NonFiniteLossError
+    from gpt.training.callbacks import NonFiniteGuard, NonFiniteLossError
+    from gpt.training.module import TaskModule
 
     tok = build_tokenizer("simple_v2", "a b c")
     model = dict(vocab_size=5, context_length=4, emb_dim=8, n_heads=2, n_layers=1, drop_rate=0.0, qkv_bias=False,
                  tie_weights=True)
     optim = dict(lr=1e-2, weight_decay=0.1, betas=[0.9, 0.95], warmup_steps=1, min_lr_ratio=0.1)
-    module = GPTLightningModule(model, optim, tok.to_config(), sample={})
+    module = TaskModule(model, optim, tok.to_config(), task={"name": "pretrain"})
     forwards = 0
 
     def nan_at_the_fourth_forward(module, args, out):  # the second micro-batch of optimizer step 1
@@ -115,7 +116,7 @@ def test_a_nan_loss_stops_training_before_its_update_and_its_checkpoint(tmp_path
     ids = torch.randint(0, 5, (8, 4))
     trainer = L.Trainer(accelerator="cpu", max_steps=3, accumulate_grad_batches=2, gradient_clip_val=1.0,
                         logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)])
+                        callbacks=[NonFiniteGuard(), ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)])
     with pytest.raises(NonFiniteLossError, match=r"train/loss is nan at step 1"):
         trainer.fit(module, DataLoader(TensorDataset(ids, ids), batch_size=1))
     assert trainer.global_step == 1  # step 1's update never ran

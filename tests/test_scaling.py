@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from conftest import ROOT
-from gpt.corpus import kjv_text
+from gpt.data.sources.kjv import kjv_text
 from gpt.model import TransformerBlock
 from test_entrypoints import TINY, run, scalars
 

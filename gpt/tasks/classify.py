@@ -1,40 +1,24 @@
-"""Text classification with a GPT (the book's chapter 6): labeled text -> token ids -> padded batches ->
-a GPTModel whose output head gives ``num_classes`` scores -> the scores at each text's last real token.
-
-Pure torch: no Lightning.
+"""Text classification with a GPT (task=classify, the book's chapter 6): labeled text -> token ids -> padded
+batches -> a GPTModel whose output head gives one score per label -> the scores at each text's last real token.
 """
 
 from __future__ import annotations
 
-import csv
 import random
-from pathlib import Path
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from gpt.data.split import split
 from gpt.model import GPTModel
+from gpt.tasks.base import Metrics, Splits, Task
 from gpt.tokenizer import Tokenizer
 
 TRAINABLE = ("head", "last_block", "all")
-
-
-def read_labeled(path: str | Path) -> list[tuple[str, str]]:
-    """(text, label) rows of a CSV (text,label with a header) or a TSV in the SMS Spam Collection's layout
-    (label<TAB>text, no header)."""
-    path = Path(path)
-    with open(path, encoding="utf-8", newline="") as f:
-        if path.suffix == ".csv":
-            rows = list(csv.DictReader(f))
-            if not rows or not {"text", "label"} <= rows[0].keys():
-                raise ValueError(f"{path}: expected a CSV with a header row naming the columns text and label")
-            return [(r["text"], r["label"]) for r in rows]
-        rows = [line.rstrip("\n").split("\t", 1) for line in f if line.strip()]
-    bad = next((i for i, r in enumerate(rows, 1) if len(r) != 2), None)
-    if bad is not None:
-        raise ValueError(f"{path}:{bad}: expected label<TAB>text")
-    return [(text, label) for label, text in rows]
 
 
 def balance(rows: list[tuple[str, str]], seed: int) -> list[tuple[str, str]]:
@@ -97,3 +81,50 @@ def set_trainable(model: GPTModel, trainable: str) -> None:
     if trainable == "last_block":
         model.trf_blocks[-1].requires_grad_(True)
         model.final_norm.requires_grad_(True)
+
+
+class Classify(Task):
+    """Cross-entropy over the labels, read at each text's last real token; loss and accuracy per split.
+    Settings: ``trainable`` (head | last_block | all), ``lora`` (rank, alpha), and ``labels``, found in the data."""
+
+    name = "classify"
+    loaded_by = ("classify",)
+
+    def data(self, source: Any, tokenizer: Tokenizer, data: dict, seed: int) -> Splits:
+        if not hasattr(source, "rows"):
+            raise ValueError(f"task=classify needs labeled texts (data=sms_spam|labeled_text), not {source}")
+        rows = source.rows()
+        labels = list(data["labels"]) if data.get("labels") is not None else sorted({label for _, label in rows})
+        rows = balance(rows, seed) if data.get("balance") else rows
+        parts = split(rows, list(data["split"]), seed)
+        print(f"{source}: {len(rows)} texts, labels {labels}; train/val/test {[len(s) for s in parts]}")
+        self.settings["labels"] = labels  # stored with the model: its head has one output per label
+        sets = [ClassificationDataset(rows, tokenizer, labels, data["max_length"]) for rows in parts]
+        return Splits(*sets, collate=partial(classification_collate, pad_id=tokenizer.eot_id))
+
+    def adapt(self, model: GPTModel) -> GPTModel:
+        replace_head(model, len(self.settings["labels"]))
+        if (self.settings.get("lora") or {}).get("rank"):
+            return super().adapt(model)  # adapters everywhere, the new head included; only they train
+        set_trainable(model, self.settings.get("trainable", "last_block"))
+        return model
+
+    def step(self, model: GPTModel, batch: dict) -> Metrics:
+        logits = last_token_logits(model(batch["input_ids"]), batch["lengths"])  # (B, K)
+        size = len(batch["labels"])
+        return {"loss": (F.cross_entropy(logits, batch["labels"]), size),
+                "acc": ((logits.argmax(dim=-1) == batch["labels"]).float().mean(), size)}
+
+    def report(self, metrics: dict[str, float], records: list[dict], run_dir: Any, best: str) -> list[str]:
+        return [f"val/acc: {metrics['val/acc']:.4f}  test/acc: {metrics['test/acc']:.4f}",
+                f"label texts:   python classify.py ckpt={best} text=\"...\""]
+
+    def label(self, model: GPTModel, tokenizer: Tokenizer, text: str) -> tuple[str, float]:
+        """The most likely label of ``text`` and its probability."""
+        device = model.tok_emb.weight.device
+        ids = tokenizer.encode(text)[: model.cfg.context_length] or [tokenizer.eot_id]
+        with torch.no_grad():
+            logits = last_token_logits(model(torch.tensor([ids], device=device)), torch.tensor([len(ids)]))
+        probs = torch.softmax(logits[0], dim=-1)
+        best = int(probs.argmax())
+        return self.settings["labels"][best], float(probs[best])

@@ -1,0 +1,36 @@
+"""The sliding windows a language model trains on, from a flat array of token ids.
+
+cached token ids --> contiguous train / val split --> windows (input = ids[i : i+L], target = ids[i+1 : i+L+1])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+class GPTDataset(Dataset):
+    """Windows of ``max_length`` tokens starting every ``stride`` tokens; the target is the input shifted by one."""
+
+    def __init__(self, ids: np.ndarray, max_length: int, stride: int):
+        if max_length <= 0 or stride <= 0:
+            raise ValueError(f"max_length and stride must be positive, got {max_length} and {stride}")
+        self.ids, self.max_length, self.stride = ids, max_length, stride
+
+    def __len__(self) -> int:
+        # A window needs max_length + 1 tokens (its target reaches one further).
+        return max(0, (len(self.ids) - self.max_length - 1) // self.stride + 1)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = i * self.stride
+        chunk = torch.from_numpy(self.ids[start : start + self.max_length + 1].astype(np.int64))
+        return chunk[:-1], chunk[1:]
+
+
+def split_ids(ids: np.ndarray, val_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous split: the first part trains, the last ``val_ratio`` of the text validates (text never trained on)."""
+    if not 0 < val_ratio < 1:
+        raise ValueError(f"data.val_ratio must be in (0, 1), got {val_ratio}")
+    n_train = len(ids) - int(len(ids) * val_ratio)
+    return ids[:n_train], ids[n_train:]

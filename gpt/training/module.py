@@ -1,0 +1,127 @@
+"""The LightningModule: the task's loss, the optimizer and the step. The model is a ``gpt.model.GPTModel`` adapted
+by the task; devices, precision, accumulation, clipping and checkpoints are Lightning's job, and whatever watches a
+run (speed, samples, non-finite losses, RNG state) is a callback (``gpt.training.callbacks``)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.plugins.precision import MixedPrecision
+
+from gpt.model import GPTModel
+from gpt.optim import adamw_with_schedule
+from gpt.tasks import task_from_config
+from gpt.tokenizer import load_tokenizer
+
+
+class TaskModule(L.LightningModule):
+    """Trains ``task`` (a plain task config, see ``gpt.tasks``) on a GPTModel built from ``model`` and loaded with
+    ``base_state`` (the weights it starts from; not a hyperparameter).
+
+    Hyperparameters are plain dicts, so ``gpt.tasks.load_trained`` rebuilds the model from a checkpoint with
+    ``torch.load(weights_only=True)`` and without Lightning. ``speed`` (conf/speed/) changes how fast the step runs,
+    never its maths: ``loss_chunk`` tokens of logits at a time and ``compile`` (torch.compile each block).
+    """
+
+    def __init__(self, model: dict, optim: dict, tokenizer: dict, task: dict, speed: dict | None = None,
+                 base_state: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["base_state"])
+        self.task = task_from_config(task)
+        speed = speed or {"compile": False, "loss_chunk": None}
+        self.task.loss_chunk = speed["loss_chunk"]
+        base = GPTModel.from_config(model)
+        if base_state is not None:
+            base.load_state_dict(base_state)
+        self.model = self.task.adapt(base)
+        if speed["compile"]:
+            # Module.compile() compiles in place: the state dict keeps its names (no `_orig_mod.` prefix), so a
+            # checkpoint loads into an uncompiled model. Every block has the same code, so it compiles once.
+            for block in self.model.trf_blocks:
+                block.compile()
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.tokens_seen = 0
+        self._sums: dict[str, list[torch.Tensor]] = {}  # this epoch's metric -> [weighted sum, weight]
+        self.test_records: list[dict] = []
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        # Nothing here reads a GPU value or logs a Python number (which is copied to the GPU): either would make
+        # the CPU wait for the forward pass before it could queue the backward.
+        metrics = self.task.step(self.model, batch)
+        self.tokens_seen += self.task.tokens(batch) * self.trainer.world_size
+        for name, (value, _) in metrics.items():
+            # sync_dist: the mean over all processes, i.e. the global batch's (rank 0 alone saw 1/N of it).
+            self.log(f"train/{name}", value, prog_bar=True, sync_dist=True)
+        return metrics["loss"][0]
+
+    # --- validation and test: weighted means over the whole split, on every process together -----------
+    def _accumulate(self, metrics) -> None:
+        for name, (value, weight) in metrics.items():
+            weight = torch.as_tensor(weight, device=self.device, dtype=torch.float32)
+            total = self._sums.setdefault(name, [torch.zeros((), device=self.device), torch.zeros((), device=self.device)])
+            total[0] += value.detach().float() * weight
+            total[1] += weight
+
+    def _log_means(self, split: str) -> None:
+        means = {}
+        for name, (total, weight) in sorted(self._sums.items()):
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+            means[name] = total / self.trainer.strategy.reduce(weight, reduce_op="sum")
+        self._sums = {}
+        # Already the same on every process; sync_dist only tells Lightning so (a no-op average).
+        for name, value in self.task.epoch_metrics(means).items():
+            self.log(f"{split}/{name}", value, prog_bar=name == "loss", sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._sums = {}
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._accumulate(self.task.step(self.model, batch))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_means("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._sums, self.test_records = {}, []
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        out = self.task.test_step(self.model, batch, self.tokenizer)
+        if isinstance(out, list):
+            self.test_records.extend(out)
+        else:
+            self._accumulate(out)
+
+    def on_test_epoch_end(self) -> None:
+        if self._sums:
+            self._log_means("test")
+        if dist.is_available() and dist.is_initialized() and self.trainer.world_size > 1:
+            self.test_records = self._gather_in_order(self.test_records)
+
+    def _gather_in_order(self, records: list[dict]) -> list[dict]:
+        """Every process's test records in the test split's order. Lightning's DistributedSampler gives process r
+        the items r, r + N, ... of the split padded to a multiple of N: taking them back in turn, then cutting the
+        padding, restores the split."""
+        shards: list[list[dict]] = [[] for _ in range(self.trainer.world_size)]
+        dist.all_gather_object(shards, records)
+        ordered = [shard[i] for i in range(len(shards[0])) for shard in shards if i < len(shard)]
+        return ordered[: len(self.trainer.datamodule.splits.test)]
+
+    def configure_optimizers(self):
+        # Lightning's mixed-precision plugin (bf16-mixed, 16-mixed) refuses to clip the gradients of a fused
+        # optimizer, which would unscale 16-mixed's gradients only inside its step, after the clipping: there,
+        # AdamW runs unfused.
+        mixed = isinstance(getattr(self.trainer, "precision_plugin", None), MixedPrecision)
+        fused = self.device.type in ("cpu", "cuda") and not (mixed and self.trainer.gradient_clip_val)
+        optimizer, schedule = adamw_with_schedule(self.parameters(), self.hparams.optim,
+                                                  self.trainer.estimated_stepping_batches, fused)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokens_seen"] = self.tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.tokens_seen = checkpoint.get("tokens_seen", 0)
