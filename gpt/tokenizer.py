@@ -8,6 +8,7 @@ No torch in this module.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import re
@@ -155,12 +156,18 @@ class GPT2Tokenizer:
 TOKENIZERS = {"gpt2": GPT2Tokenizer, "simple_v1": SimpleTokenizerV1, "simple_v2": SimpleTokenizerV2}
 
 
+@functools.cache
+def gpt2_tokenizer() -> GPT2Tokenizer:
+    """GPT-2's tokenizer, built (and its files checked) once per process."""
+    return GPT2Tokenizer()
+
+
 def build_tokenizer(name: str, text: str | None = None) -> Tokenizer:
     """A tokenizer by name; the word-level ones build their vocabulary from ``text``."""
     if name not in TOKENIZERS:
         raise ValueError(f"unknown tokenizer {name!r}; choose one of {sorted(TOKENIZERS)}")
     if name == "gpt2":
-        return GPT2Tokenizer()
+        return gpt2_tokenizer()
     if text is None:
         raise ValueError(f"tokenizer {name!r} builds its vocabulary from a text; none was given")
     return TOKENIZERS[name].from_text(text)
@@ -170,5 +177,5 @@ def load_tokenizer(config: dict) -> Tokenizer:
     """Rebuild a tokenizer from ``to_config()`` output (as stored in a checkpoint)."""
     name = config["name"]
     if name == "gpt2":
-        return GPT2Tokenizer()
+        return gpt2_tokenizer()
     return TOKENIZERS[name](config["vocab"])
