@@ -205,12 +205,9 @@ class MultiHeadAttention(nn.Module):
         context = context.transpose(1, 2).reshape(B, T, self.d_out)  # heads side by side again
         return self.out_proj(context)
 
-    def _stack_heads(self, module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
-        for name in QKV:
-            for kind in ("weight", "bias"):
-                per_head = [f"{prefix}heads.{h}.{name}.{kind}" for h in range(self.num_heads)]
-                if all(key in state_dict for key in per_head):
-                    state_dict[f"{prefix}{name}.{kind}"] = torch.cat([state_dict.pop(key) for key in per_head])
+    @staticmethod
+    def _stack_heads(module: MultiHeadAttention, state_dict: dict, prefix: str, *args) -> None:
+        stack_heads(state_dict, prefix, module.num_heads)
 
 
 # ---------------------------------------------------------------------------------------------------- GPTModel's
@@ -238,13 +235,28 @@ class CausalAttentionHeads(MultiHeadAttentionWrapper):
         heads = [head(x, None if kv is None else kv[:, :, h], start) for h, head in enumerate(self.heads)]
         return self.out_proj(torch.cat(heads, dim=-1))
 
-    def _cut_into_heads(self, module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
-        for name in QKV:
-            for kind in ("weight", "bias"):
-                if f"{prefix}{name}.{kind}" in state_dict:
-                    rows = state_dict.pop(f"{prefix}{name}.{kind}").chunk(len(self.heads))
-                    for h, part in enumerate(rows):
-                        state_dict[f"{prefix}heads.{h}.{name}.{kind}"] = part
+    @staticmethod
+    def _cut_into_heads(module: CausalAttentionHeads, state_dict: dict, prefix: str, *args) -> None:
+        cut_into_heads(state_dict, prefix, len(module.heads))
+
+
+def stack_heads(state_dict: dict, prefix: str, num_heads: int) -> None:
+    """In place: the per-head ``{prefix}heads.<h>.W_query.weight`` etc. of a state dict become the batched
+    ``{prefix}W_query.weight`` (the heads' rows stacked in order); a state dict without them is left as it is."""
+    for name in QKV:
+        for kind in ("weight", "bias"):
+            per_head = [f"{prefix}heads.{h}.{name}.{kind}" for h in range(num_heads)]
+            if all(key in state_dict for key in per_head):
+                state_dict[f"{prefix}{name}.{kind}"] = torch.cat([state_dict.pop(key) for key in per_head])
+
+
+def cut_into_heads(state_dict: dict, prefix: str, num_heads: int) -> None:
+    """In place, the reverse of ``stack_heads``: batched matrices are cut into ``num_heads`` blocks of rows."""
+    for name in QKV:
+        for kind in ("weight", "bias"):
+            if f"{prefix}{name}.{kind}" in state_dict:
+                for h, rows in enumerate(state_dict.pop(f"{prefix}{name}.{kind}").chunk(num_heads)):
+                    state_dict[f"{prefix}heads.{h}.{name}.{kind}"] = rows
 
 
 # model.attn_impl -> the attention layer of each TransformerBlock, built with MultiHeadAttention's signature.
