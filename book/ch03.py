@@ -28,6 +28,14 @@ INPUTS = torch.tensor(
 )
 
 
+def print_context_vecs(seed: int, cls: type[torch.nn.Module], *args, batch: torch.Tensor, **kwargs) -> None:
+    """Build ``cls(*args, **kwargs)`` right after ``torch.manual_seed(seed)``, as the book does, and print its output."""
+    torch.manual_seed(seed)
+    context_vecs = cls(*args, **kwargs)(batch)
+    print(context_vecs)
+    print("context_vecs.shape:", context_vecs.shape)
+
+
 def main() -> None:
     torch.set_printoptions(precision=4, sci_mode=False)
     inputs = INPUTS
@@ -100,25 +108,14 @@ def main() -> None:
     section("3.5.3 Implementing a compact causal attention class")
     batch = torch.stack((inputs, inputs), dim=0)
     print(batch.shape)
-    torch.manual_seed(123)
-    ca = CausalAttention(d_in, d_out, batch.shape[1], 0.0)
-    context_vecs = ca(batch)
-    print(context_vecs)
-    print("context_vecs.shape:", context_vecs.shape)
+    context_length = batch.shape[1]
+    print_context_vecs(123, CausalAttention, d_in, d_out, context_length, 0.0, batch=batch)
 
     section("3.6.1 Stacking multiple single-head attention layers")
-    torch.manual_seed(123)
-    mha = MultiHeadAttentionWrapper(d_in, d_out, batch.shape[1], 0.0, num_heads=2)
-    context_vecs = mha(batch)
-    print(context_vecs)
-    print("context_vecs.shape:", context_vecs.shape)
+    print_context_vecs(123, MultiHeadAttentionWrapper, d_in, d_out, context_length, 0.0, num_heads=2, batch=batch)
 
     section("3.6.2 Implementing multi-head attention with weight splits")
-    torch.manual_seed(123)
-    mha = MultiHeadAttention(d_in, d_out, batch.shape[1], 0.0, num_heads=2)
-    context_vecs = mha(batch)
-    print(context_vecs)
-    print("context_vecs.shape:", context_vecs.shape)
+    print_context_vecs(123, MultiHeadAttention, d_in, d_out, context_length, 0.0, num_heads=2, batch=batch)
     print("GPT-2 small's layer: d_in = d_out = 768, 12 heads, context 1024:",
           sum(p.numel() for p in MultiHeadAttention(768, 768, 1024, 0.0, num_heads=12).parameters()), "parameters")
 
