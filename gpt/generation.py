@@ -164,4 +164,3 @@ def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, context_l
     """``idx`` (B, T) followed by the generated tokens (B, T + n); see ``generate_tokens`` for the arguments."""
     new = list(generate_tokens(model, idx, max_new_tokens, context_length, **kwargs))
     return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx
-
