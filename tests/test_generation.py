@@ -97,14 +97,19 @@ class NoCache(nn.Module):
         return self.model(idx)
 
 
-@pytest.mark.parametrize("attn_impl", ["sdpa", "explicit"])
-def test_cached_and_uncached_generation_agree_token_for_token(attn_impl):
+def tiny_model(seed: int, attn_impl: str, qkv_bias: bool) -> nn.Module:
+    """A random GPTModel in eval mode: vocabulary 97, context 12."""
     from gpt.model import GPTConfig, GPTModel
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cfg = GPTConfig(vocab_size=97, context_length=12, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0,
-                    qkv_bias=True, tie_weights=False, attn_impl=attn_impl)
-    model = GPTModel(cfg).eval()
+                    qkv_bias=qkv_bias, tie_weights=False, attn_impl=attn_impl)
+    return GPTModel(cfg).eval()
+
+
+@pytest.mark.parametrize("attn_impl", ["sdpa", "explicit"])
+def test_cached_and_uncached_generation_agree_token_for_token(attn_impl):
+    model = tiny_model(0, attn_impl, qkv_bias=True)
     prompt = torch.randint(0, 97, (3, 5))
     # 20 new tokens run well past the 12-token context, where both paths must crop the window the same way.
     fed = []  # the length of every input the model is given
@@ -123,12 +128,7 @@ def test_cached_and_uncached_generation_agree_token_for_token(attn_impl):
 
 @pytest.mark.parametrize("attn_impl", ["sdpa", "wrapper"])
 def test_greedy_generate_picks_the_books_generate_text_simple_tokens(attn_impl):
-    from gpt.model import GPTConfig, GPTModel
-
-    torch.manual_seed(1)
-    cfg = GPTConfig(vocab_size=97, context_length=12, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0,
-                    qkv_bias=False, tie_weights=False, attn_impl=attn_impl)
-    model = GPTModel(cfg).eval()
+    model = tiny_model(1, attn_impl, qkv_bias=False)
     with torch.no_grad():
         model.pos_emb.weight.normal_(0, 1.0)  # strong positions: an untrained model that does not repeat one token
     prompt = torch.randint(0, 97, (2, 4))
