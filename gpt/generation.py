@@ -10,6 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from gpt.tokenizer import Tokenizer
+
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, vocab_size: int) -> None:
     """Reject sampling settings that have no meaning, with a message that says what is allowed."""
@@ -88,6 +90,28 @@ class ThreadedThinLinear(TorchFunctionMode):
             rest = F.linear(x2, weight[split:], None if bias is None else bias[split:])
             y = torch.cat([y, rest], dim=1)
         return y.view(*x.shape[:-1], out_features)
+
+
+@torch.no_grad()
+def generate_text_simple(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, context_size: int) -> torch.Tensor:
+    """The book's greedy loop (section 4.7): re-run the model on the last ``context_size`` tokens and append the
+    most likely next token, ``max_new_tokens`` times. idx (B, T) -> (B, T + max_new_tokens). ``generate`` with
+    ``temperature=0`` picks the same tokens, faster (KV cache)."""
+    for _ in range(max_new_tokens):
+        logits = model(idx[:, -context_size:])[:, -1, :]  # (B, V): the last position predicts the next token
+        idx_next = torch.argmax(logits, dim=-1, keepdim=True)  # (B, 1)
+        idx = torch.cat((idx, idx_next), dim=1)
+    return idx
+
+
+def text_to_token_ids(text: str, tokenizer: Tokenizer) -> torch.Tensor:
+    """Text -> a batch of one row of token ids (1, T), as the model takes them (section 5.1)."""
+    return torch.tensor(tokenizer.encode(text)).unsqueeze(0)
+
+
+def token_ids_to_text(token_ids: torch.Tensor, tokenizer: Tokenizer) -> str:
+    """A batch of one row of token ids (1, T) -> text (section 5.1)."""
+    return tokenizer.decode(token_ids.squeeze(0).tolist())
 
 
 @torch.no_grad()

@@ -5,14 +5,13 @@ Shapes in comments: B batch, T sequence length, C emb_dim, H n_heads, D head dim
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ATTN_IMPLS = ("sdpa", "explicit")
+from gpt.attention import attention_class
 
 
 @dataclass
@@ -27,7 +26,8 @@ class GPTConfig:
     drop_rate: float
     qkv_bias: bool
     tie_weights: bool
-    # "sdpa": torch's fused scaled_dot_product_attention (fast, the default); "explicit": the book's softmax(QK^T)V.
+    # Which attention layer (gpt/attention.py): "sdpa", torch's fused scaled_dot_product_attention (fast, the
+    # default); "explicit", the book's softmax(QK^T)V; "wrapper", the book's per-head CausalAttention modules.
     # The one field with a default, so checkpoints written before it existed still load.
     attn_impl: str = "sdpa"
 
@@ -42,8 +42,7 @@ class GPTConfig:
             )
         if not 0.0 <= self.drop_rate < 1.0:
             raise ValueError(f"model.drop_rate must be in [0, 1), got {self.drop_rate}")
-        if self.attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"model.attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {self.attn_impl!r}")
+        attention_class(self.attn_impl)  # an unknown name is refused here, when the config is read
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,70 +87,15 @@ class FeedForward(nn.Module):
         return self.layers(x)
 
 
-class MultiHeadAttention(nn.Module):
-    """Causal multi-head self-attention: each position attends to itself and the positions before it.
-
-    With a KV cache (``kv``, this layer's slice of a ``KVCache``), the new tokens' keys and values are written
-    at positions ``start:start+T`` and the queries attend to everything stored up to there.
-    """
-
-    def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.n_heads = cfg.n_heads
-        self.head_dim = cfg.emb_dim // cfg.n_heads
-        self.attn_impl = cfg.attn_impl
-        self.W_query = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
-        self.W_key = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
-        self.W_value = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
-        self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
-        self.dropout = nn.Dropout(cfg.drop_rate)
-        # True above the diagonal: the future positions a query may not see.
-        mask = torch.triu(torch.ones(cfg.context_length, cfg.context_length, dtype=torch.bool), diagonal=1)
-        self.register_buffer("mask", mask, persistent=False)
-
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-
-    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
-        B, T, C = x.shape
-        q = self._split_heads(self.W_query(x))  # (B, H, T, D)
-        k = self._split_heads(self.W_key(x))
-        v = self._split_heads(self.W_value(x))
-        if kv is not None:  # kv: (2, B, H, max_len, D); keys and values of the positions before `start` are there
-            kv[0, :, :, start : start + T] = k
-            kv[1, :, :, start : start + T] = v
-            k, v = kv[0, :, :, : start + T], kv[1, :, :, : start + T]  # (B, H, start + T, D)
-        mask = self.mask[start : start + T, : start + T]  # query i is position start + i
-
-        if self.attn_impl == "explicit":
-            scores = q @ k.transpose(2, 3)  # (B, H, T, start + T): how much each query matches each key
-            scores = scores.masked_fill(mask, float("-inf"))
-            weights = torch.softmax(scores / math.sqrt(self.head_dim), dim=-1)
-            weights = self.dropout(weights)
-            context = weights @ v  # (B, H, T, D): weighted sum of the values
-        else:
-            # The same computation in one fused kernel that never stores the (T, T) weights. Its attn_mask is
-            # True where attending is allowed; is_causal=True is the plain causal case without a mask tensor.
-            dropout_p = self.dropout.p if self.training else 0.0
-            if start == 0:
-                context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-            elif T == 1:  # one new token (decoding) sees every stored position: nothing to mask
-                context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-            else:
-                context = F.scaled_dot_product_attention(q, k, v, attn_mask=~mask, dropout_p=dropout_p)
-
-        context = context.transpose(1, 2).reshape(B, T, C)  # heads side by side again
-        return self.out_proj(context)
-
-
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm block: x + attention(norm(x)), then x + feed-forward(norm(x))."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.norm1 = LayerNorm(cfg.emb_dim)
-        self.att = MultiHeadAttention(cfg)
+        self.att = attention_class(cfg.attn_impl)(
+            cfg.emb_dim, cfg.emb_dim, cfg.context_length, cfg.drop_rate, cfg.n_heads, cfg.qkv_bias
+        )
         self.norm2 = LayerNorm(cfg.emb_dim)
         self.ff = FeedForward(cfg)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)

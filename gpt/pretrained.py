@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
+from gpt.attention import stack_heads
 from gpt.model import GPTConfig, GPTModel
 from gpt.tokenizer import Tokenizer, load_tokenizer
 
@@ -133,6 +134,8 @@ def hf_to_ours(name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]
 def ours_to_hf(model: GPTModel) -> dict[str, torch.Tensor]:
     """Our parameters under GPT-2's names and shapes (as save_pretrained writes them; the tied head is left out)."""
     state = model.state_dict()
+    for i in range(model.cfg.n_layers):  # a model with per-head attention (attn_impl=wrapper) exports batched
+        stack_heads(state, f"trf_blocks.{i}.att.", model.cfg.n_heads)
     out = {f"transformer.{hf}": state[ours] for hf, ours in TOP.items() if hf != "lm_head.weight"}
     for i in range(model.cfg.n_layers):
         p, h = f"trf_blocks.{i}.", f"transformer.h.{i}."

@@ -62,7 +62,7 @@ def uncached(model: GPTModel):
     return lambda idx: model(idx)
 
 
-@pytest.mark.parametrize("attn_impl", ["sdpa", "explicit"])
+@pytest.mark.parametrize("attn_impl", ["sdpa", "explicit", "wrapper"])
 def test_kv_cached_generation_equals_uncached_on_the_gpu(attn_impl, fp32_matmuls):
     torch.manual_seed(0)
     model = GPTModel(GPTConfig(**SHAPE | dict(context_length=12), attn_impl=attn_impl)).cuda().eval()

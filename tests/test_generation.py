@@ -3,7 +3,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt.generation import check_sampling, generate, generate_tokens, sample_next
+from gpt.generation import (
+    check_sampling,
+    generate,
+    generate_text_simple,
+    generate_tokens,
+    sample_next,
+    text_to_token_ids,
+    token_ids_to_text,
+)
 
 
 class Counter(nn.Module):
@@ -89,14 +97,19 @@ class NoCache(nn.Module):
         return self.model(idx)
 
 
-@pytest.mark.parametrize("attn_impl", ["sdpa", "explicit"])
-def test_cached_and_uncached_generation_agree_token_for_token(attn_impl):
+def tiny_model(seed: int, attn_impl: str, qkv_bias: bool) -> nn.Module:
+    """A random GPTModel in eval mode: vocabulary 97, context 12."""
     from gpt.model import GPTConfig, GPTModel
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cfg = GPTConfig(vocab_size=97, context_length=12, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0,
-                    qkv_bias=True, tie_weights=False, attn_impl=attn_impl)
-    model = GPTModel(cfg).eval()
+                    qkv_bias=qkv_bias, tie_weights=False, attn_impl=attn_impl)
+    return GPTModel(cfg).eval()
+
+
+@pytest.mark.parametrize("attn_impl", ["sdpa", "explicit"])
+def test_cached_and_uncached_generation_agree_token_for_token(attn_impl):
+    model = tiny_model(0, attn_impl, qkv_bias=True)
     prompt = torch.randint(0, 97, (3, 5))
     # 20 new tokens run well past the 12-token context, where both paths must crop the window the same way.
     fed = []  # the length of every input the model is given
@@ -111,6 +124,25 @@ def test_cached_and_uncached_generation_agree_token_for_token(attn_impl):
     assert len(set(sampled[0][:, 5:].flatten().tolist())) > 10
     long_prompt = torch.randint(0, 97, (1, 30))  # longer than the context from the start
     assert torch.equal(generate(model, long_prompt, 4, 12), generate(NoCache(model), long_prompt, 4, 12))
+
+
+@pytest.mark.parametrize("attn_impl", ["sdpa", "wrapper"])
+def test_greedy_generate_picks_the_books_generate_text_simple_tokens(attn_impl):
+    model = tiny_model(1, attn_impl, qkv_bias=False)
+    with torch.no_grad():
+        model.pos_emb.weight.normal_(0, 1.0)  # strong positions: an untrained model that does not repeat one token
+    prompt = torch.randint(0, 97, (2, 4))
+    book = generate_text_simple(model, prompt, max_new_tokens=15, context_size=12)  # past the context, too
+    assert book.shape == (2, 19) and torch.equal(book[:, :4], prompt)
+    assert torch.equal(generate(model, prompt, 15, context_length=12, temperature=0), book)
+    assert len(set(book[:, 4:].flatten().tolist())) > 3  # not one token repeated: the comparison means something
+
+
+def test_text_to_token_ids_and_back(gpt2_tokenizer):
+    ids = text_to_token_ids("Every effort moves you", gpt2_tokenizer)
+    assert ids.shape == (1, 4) and ids.dtype == torch.long
+    assert ids[0].tolist() == gpt2_tokenizer.encode("Every effort moves you")
+    assert token_ids_to_text(ids, gpt2_tokenizer) == "Every effort moves you"
 
 
 @pytest.fixture

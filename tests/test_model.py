@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from gpt.model import GPTConfig, GPTModel
+from gpt.model import GELU, GPTConfig, GPTModel, LayerNorm
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 
@@ -134,10 +134,25 @@ def test_cache_feeds_one_token_at_a_time_with_the_right_positions():
 
 
 def test_attention_choice_is_checked_and_old_configs_default_to_sdpa():
-    with pytest.raises(ValueError, match="model.attn_impl must be one of sdpa, explicit"):
+    with pytest.raises(ValueError, match="model.attn_impl must be one of sdpa, explicit, wrapper"):
         small(attn_impl="flash")
     old = small().to_dict()
     del old["attn_impl"]  # a checkpoint written before the field existed
     assert GPTConfig(**old).attn_impl == "sdpa"
     for name in ("tiny", "gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl"):
         assert config(name).attn_impl == "sdpa"
+
+
+def test_layer_norm_and_gelu_are_the_books_formulas():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 32) * 3 + 1
+    norm = LayerNorm(32)
+    with torch.no_grad():
+        norm.scale.uniform_(0.5, 1.5)
+        norm.shift.uniform_(-1, 1)
+    mean = x.mean(dim=-1, keepdim=True)
+    var = x.var(dim=-1, keepdim=True, unbiased=False)  # the biased variance, as GPT-2 and the book use
+    expected = (x - mean) / torch.sqrt(var + 1e-5) * norm.scale + norm.shift
+    assert torch.allclose(norm(x), expected, atol=1e-6, rtol=0)
+    expected = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    assert torch.allclose(GELU()(x), expected, atol=1e-6, rtol=0)
