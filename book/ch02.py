@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from book import section, the_verdict
-from gpt.data import GPTDataset
+from gpt.data.windows import GPTDataset
 from gpt.tokenizer import GPT2Tokenizer, SimpleTokenizerV1, SimpleTokenizerV2, build_vocab, split_words
 
 

@@ -8,8 +8,6 @@ Shapes: B batch, T tokens, d_in input width, d_out output width; in the multi-he
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from functools import partial
 
 import torch
 import torch.nn as nn
@@ -257,19 +255,3 @@ def cut_into_heads(state_dict: dict, prefix: str, num_heads: int) -> None:
             if f"{prefix}{name}.{kind}" in state_dict:
                 for h, rows in enumerate(state_dict.pop(f"{prefix}{name}.{kind}").chunk(num_heads)):
                     state_dict[f"{prefix}heads.{h}.{name}.{kind}"] = rows
-
-
-# model.attn_impl -> the attention layer of each TransformerBlock, built with MultiHeadAttention's signature.
-ATTENTION: dict[str, Callable[..., nn.Module]] = {
-    "sdpa": partial(MultiHeadAttention, fused=True),
-    "explicit": partial(MultiHeadAttention, fused=False),
-    "wrapper": CausalAttentionHeads,
-}
-
-
-def attention_class(name: str) -> Callable[..., nn.Module]:
-    """The attention layer ``model.attn_impl`` names: called as (d_in, d_out, context_length, dropout, num_heads,
-    qkv_bias) it returns a module with ``forward(x, kv=None, start=0)``."""
-    if name not in ATTENTION:
-        raise ValueError(f"model.attn_impl must be one of {', '.join(ATTENTION)}, got {name!r}")
-    return ATTENTION[name]

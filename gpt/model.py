@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt.attention import attention_class
+from gpt.attention import CausalAttentionHeads, MultiHeadAttention
+from gpt.registry import choose
 
 
 @dataclass
@@ -26,10 +27,12 @@ class GPTConfig:
     drop_rate: float
     qkv_bias: bool
     tie_weights: bool
-    # Which attention layer (gpt/attention.py): "sdpa", torch's fused scaled_dot_product_attention (fast, the
-    # default); "explicit", the book's softmax(QK^T)V; "wrapper", the book's per-head CausalAttention modules.
-    # The one field with a default, so checkpoints written before it existed still load.
-    attn_impl: str = "sdpa"
+    # The parts, each a name from PARTS below or a dotted path to a class of your own (README, "Extending").
+    # Defaults, so checkpoints written before a field existed still load: the book's GPT-2.
+    attn_impl: str = "sdpa"  # "sdpa" (fused kernel), "explicit" (the book's softmax(QK^T)V), "wrapper" (per head)
+    norm: str = "layernorm"
+    ffn: str = "gelu"
+    pos: str = "learned"
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
@@ -42,7 +45,8 @@ class GPTConfig:
             )
         if not 0.0 <= self.drop_rate < 1.0:
             raise ValueError(f"model.drop_rate must be in [0, 1), got {self.drop_rate}")
-        attention_class(self.attn_impl)  # an unknown name is refused here, when the config is read
+        for key in PARTS:  # an unknown part is refused here, when the config is read
+            part_class(self, key)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,17 +91,51 @@ class FeedForward(nn.Module):
         return self.layers(x)
 
 
+class LearnedPositions(nn.Embedding):
+    """GPT-2's absolute positions: one learned vector per position, added to the token embeddings."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__(cfg.context_length, cfg.emb_dim)
+
+
+def _book_attention(cls, **kwargs):
+    """An attention layer of gpt/attention.py, built with the book's signature from a GPTConfig."""
+    return lambda cfg: cls(cfg.emb_dim, cfg.emb_dim, cfg.context_length, cfg.drop_rate, cfg.n_heads, cfg.qkv_bias,
+                           **kwargs)
+
+
+# The parts a GPTConfig chooses by name: model.<key> -> {name: a function (or class) that builds it from the config}.
+# A dotted path instead of a name (my_package.my_module.MyNorm) builds a class of your own as MyNorm(cfg).
+PARTS = {
+    "attn_impl": {
+        "sdpa": _book_attention(MultiHeadAttention, fused=True),
+        "explicit": _book_attention(MultiHeadAttention, fused=False),
+        "wrapper": _book_attention(CausalAttentionHeads),
+    },
+    "norm": {"layernorm": lambda cfg: LayerNorm(cfg.emb_dim)},
+    "ffn": {"gelu": FeedForward},
+    "pos": {"learned": LearnedPositions},
+}
+
+
+def part_class(cfg: GPTConfig, key: str):
+    return choose(f"model.{key}", getattr(cfg, key), PARTS[key])
+
+
+def build_part(cfg: GPTConfig, key: str) -> nn.Module:
+    """The part ``model.<key>`` names, built from the config."""
+    return part_class(cfg, key)(cfg)
+
+
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm block: x + attention(norm(x)), then x + feed-forward(norm(x))."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.norm1 = LayerNorm(cfg.emb_dim)
-        self.att = attention_class(cfg.attn_impl)(
-            cfg.emb_dim, cfg.emb_dim, cfg.context_length, cfg.drop_rate, cfg.n_heads, cfg.qkv_bias
-        )
-        self.norm2 = LayerNorm(cfg.emb_dim)
-        self.ff = FeedForward(cfg)
+        self.norm1 = build_part(cfg, "norm")
+        self.att = build_part(cfg, "attn_impl")
+        self.norm2 = build_part(cfg, "norm")
+        self.ff = build_part(cfg, "ffn")
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
@@ -113,7 +151,7 @@ class GPTModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
-        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.pos_emb = build_part(cfg, "pos")
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
         self.final_norm = LayerNorm(cfg.emb_dim)

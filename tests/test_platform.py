@@ -34,6 +34,31 @@ def corpus(tmp_path_factory):
     return ["data=text_file", f"data.path={path}", f"data.cache_dir={tmp / 'cache'}"]
 
 
+def test_a_new_attention_variant_from_one_file_trains_and_samples(corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    train("model=tiny_local", *TINY, *corpus, "trainer.max_steps=20", f"hydra.run.dir={run_dir}")
+    val = scalars(run_dir, "val/loss")
+    assert val[-1][1] < val[0][1]
+    env = {**os.environ, "PYTHONPATH": str(PLUGINS.parent)}
+    out = subprocess.run([sys.executable, "generate.py", f"ckpt={run_dir}", "prompt=And God", "max_new_tokens=5",
+                          "temperature=0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.startswith("And God") and len(out.stdout.strip()) > len("And God")
+
+
+def test_the_local_attention_variant_sees_only_its_window(monkeypatch):
+    from gpt.model import GPTConfig, GPTModel
+
+    monkeypatch.syspath_prepend(str(PLUGINS.parent))
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig(vocab_size=50, context_length=32, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0,
+                               qkv_bias=False, tie_weights=True, attn_impl="plugins.local_attention.LocalAttention"))
+    x = torch.randint(0, 50, (1, 32))
+    y = x.clone()
+    y[0, 0] = (x[0, 0] + 1) % 50  # change the first token: only the next 16 positions can see it
+    changed = (model(x) - model(y)).abs().amax(-1)[0]
+    assert (changed[:16] > 0).all() and (changed[16:] == 0).all()
+
+
 def test_a_new_text_source_from_one_file_trains(tmp_path):
     run_dir = tmp_path / "run"
     out = train(*TINY, "data=python_files", "data.package=json", f"data.cache_dir={tmp_path / 'cache'}",
