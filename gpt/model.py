@@ -92,7 +92,8 @@ class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention: each position attends to itself and the positions before it.
 
     With a KV cache (``kv``, this layer's slice of a ``KVCache``), the new tokens' keys and values are written
-    at positions ``start:start+T`` and the queries attend to everything stored up to there.
+    at positions ``start:start+T`` and the queries attend to everything stored up to there. ``start`` may also be
+    a (B,) tensor: rows that hold sequences of different lengths, one new token each (see ``_attend_rows``).
     """
 
     def __init__(self, cfg: GPTConfig):
@@ -113,11 +114,13 @@ class MultiHeadAttention(nn.Module):
         B, T, C = x.shape
         return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int | torch.Tensor = 0) -> torch.Tensor:
         B, T, C = x.shape
         q = self._split_heads(self.W_query(x))  # (B, H, T, D)
         k = self._split_heads(self.W_key(x))
         v = self._split_heads(self.W_value(x))
+        if isinstance(start, torch.Tensor):
+            return self.out_proj(self._attend_rows(q, k, v, kv, start).transpose(1, 2).reshape(B, T, C))
         if kv is not None:  # kv: (2, B, H, max_len, D); keys and values of the positions before `start` are there
             kv[0, :, :, start : start + T] = k
             kv[1, :, :, start : start + T] = v
@@ -144,6 +147,25 @@ class MultiHeadAttention(nn.Module):
         context = context.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.out_proj(context)
 
+    def _attend_rows(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """One new token per row, row b at its own position ``lengths[b]`` (a server decoding requests of
+        different lengths in one batch): store its key and value there, attend to that row's positions 0..lengths[b].
+        q, k, v: (B, H, 1, D); kv: (2, B, H, max_len, D) -> context (B, H, 1, D)."""
+        if q.shape[2] != 1:
+            raise ValueError(f"per-row cache positions take one new token per row, got {q.shape[2]}")
+        rows = torch.arange(q.shape[0], device=q.device)
+        kv[0][rows, :, lengths] = k[:, :, 0]  # (B, H, D) into each row's own position
+        kv[1][rows, :, lengths] = v[:, :, 0]
+        end = int(lengths.max()) + 1
+        k, v = kv[0, :, :, :end], kv[1, :, :, :end]
+        seen = torch.arange(end, device=q.device) <= lengths[:, None]  # (B, end): True where row b has a token
+        if self.attn_impl == "explicit":
+            scores = (q @ k.transpose(2, 3)).masked_fill(~seen[:, None, None, :], float("-inf"))
+            return torch.softmax(scores / math.sqrt(self.head_dim), dim=-1) @ v
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=seen[:, None, None, :])
+
 
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm block: x + attention(norm(x)), then x + feed-forward(norm(x))."""
@@ -156,7 +178,7 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int | torch.Tensor = 0) -> torch.Tensor:
         x = x + self.drop_shortcut(self.att(self.norm1(x), kv, start))  # shortcut connection around attention
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))  # and around the feed-forward
         return x
@@ -194,15 +216,18 @@ class GPTModel(nn.Module):
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """idx (B, T) -> the final-normed features (B, T, C) that the output head turns into logits."""
         B, T = idx.shape
-        start = 0 if cache is None else cache.length
-        if start + T > self.cfg.context_length:
-            raise ValueError(
-                f"sequence of {start + T} tokens is longer than the context length {self.cfg.context_length}"
-            )
-        pos = torch.arange(start, start + T, device=idx.device)
+        start = 0 if cache is None else cache.length  # an int, or a (B,) tensor: each row's own length
+        per_row = isinstance(start, torch.Tensor)
+        end = int(start.max()) + T if per_row else start + T
+        if end > self.cfg.context_length:
+            raise ValueError(f"sequence of {end} tokens is longer than the context length {self.cfg.context_length}")
+        if per_row:
+            pos = start[:, None] + torch.arange(T, device=idx.device)  # (B, T): each row continues its own sequence
+        else:
+            pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
         for i, block in enumerate(self.trf_blocks):
-            x = block(x, None if cache is None else cache.layer(i, start + T), start)
+            x = block(x, None if cache is None else cache.layer(i, end), start)
         if cache is not None:
             cache.length += T
         return self.final_norm(x)
@@ -227,7 +252,9 @@ class KVCache:
         head_dim = cfg.emb_dim // cfg.n_heads
         # (layer, key/value, B, H, position, D)
         self.kv = torch.zeros(cfg.n_layers, 2, batch_size, cfg.n_heads, max_len, head_dim, device=device, dtype=dtype)
-        self.length = 0  # positions stored; GPTModel advances it after each forward
+        # Positions stored; GPTModel advances it after each forward. A (B,) long tensor instead of an int gives
+        # each row its own length (rows decoded together from different starts, one token per step).
+        self.length: int | torch.Tensor = 0
 
     @property
     def max_len(self) -> int:
