@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException
@@ -159,15 +159,19 @@ def create_app(model: GPTModel, tokenizer: Tokenizer, task: dict, settings: Serv
     async def http_error(_: Request, e: HTTPException) -> JSONResponse:  # unknown route, wrong method
         return JSONResponse(APIError(e.status_code, str(e.detail)).body(), status_code=e.status_code)
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        if settings.api_key and request.url.path.startswith("/v1/"):
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, e: Exception) -> JSONResponse:  # a bug: say so in the same shape
+        return JSONResponse(APIError(500, f"internal error: {e}", type="server_error").body(), status_code=500)
+
+    async def check_key(request: Request) -> None:
+        """Every /v1 route: with an api_key set, the right ``Authorization: Bearer`` header or 401."""
+        if settings.api_key:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
-                e = APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer <api_key>'",
-                             code="invalid_api_key")
-                return JSONResponse(e.body(), status_code=401)
-        return await call_next(request)
+                raise APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer <api_key>'",
+                               code="invalid_api_key")
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(check_key)])
 
     async def read_body(request: Request, schema: type[_Sampling]) -> _Sampling:
         declared = request.headers.get("content-length")
@@ -326,12 +330,12 @@ def create_app(model: GPTModel, tokenizer: Tokenizer, task: dict, settings: Serv
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.post("/v1/chat/completions")
+    @v1.post("/chat/completions")
     async def chat_completions(request: Request) -> Response:
         body = await read_body(request, _ChatBody)
         return await respond(request, job(body, chat_ids(body.messages)), "chat")
 
-    @app.post("/v1/completions")
+    @v1.post("/completions")
     async def completions(request: Request) -> Response:
         body = await read_body(request, _CompletionBody)
         return await respond(request, job(body, tokenizer.encode(body.prompt)), "text")
@@ -340,15 +344,17 @@ def create_app(model: GPTModel, tokenizer: Tokenizer, task: dict, settings: Serv
         return {"id": settings.model_id, "object": "model", "created": created, "owned_by": "gpt-from-scratch",
                 "context_length": ctx, "task": task["name"]}
 
-    @app.get("/v1/models")
+    @v1.get("/models")
     async def models() -> dict:
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{model_id:path}")
+    @v1.get("/models/{model_id:path}")
     async def get_model(model_id: str) -> dict:
         if model_id != settings.model_id:
             raise APIError(404, f"the model '{model_id}' does not exist", param="model", code="model_not_found")
         return model_card()
+
+    app.include_router(v1)
 
     @app.get("/health")
     async def health() -> dict:
