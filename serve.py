@@ -46,6 +46,10 @@ def run(cfg: DictConfig) -> None:
     for name in ("max_concurrent", "max_tokens", "max_tokens_limit", "max_body_bytes"):
         if not isinstance(cfg[name], int) or cfg[name] < 1:
             raise ValueError(f"{name} must be a positive integer, got {cfg[name]!r}")
+    if not isinstance(cfg.max_waiting, int) or cfg.max_waiting < 0:
+        raise ValueError(f"max_waiting must be an integer >= 0, got {cfg.max_waiting!r}")
+    if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
+        raise ValueError(f"port must be in 0..65535 (0 = any free port), got {cfg.port!r}")
     if cfg.max_tokens > cfg.max_tokens_limit:
         raise ValueError(f"max_tokens={cfg.max_tokens} is above max_tokens_limit={cfg.max_tokens_limit}")
     if cfg.api_key is not None and not str(cfg.api_key):
@@ -63,7 +67,7 @@ def run(cfg: DictConfig) -> None:
         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
     )
     decoder = BatchedDecoder(model, cfg.max_concurrent, tokenizer.eot_id)
-    app = create_app(model, tokenizer, task, settings, decoder)
+    app = create_app(decoder, tokenizer, task, settings)
     host, port = sock.getsockname()[:2]
     if host not in ("127.0.0.1", "::1", "localhost") and not cfg.api_key:
         print(f"warning: listening on {host} without an api_key: anyone who can reach it can use it", file=sys.stderr)

@@ -32,7 +32,6 @@ from gpt.batching import BatchedDecoder
 from gpt.batching import Request as Generation
 from gpt.chat import TextStream, close_turn, turn_ids
 from gpt.generation import check_sampling
-from gpt.model import GPTModel
 from gpt.tokenizer import Tokenizer
 
 
@@ -142,11 +141,10 @@ class _Job:
     finish_reason: str | None = None
 
 
-def create_app(model: GPTModel, tokenizer: Tokenizer, task: dict, settings: ServeSettings,
-               decoder: BatchedDecoder) -> FastAPI:
-    """The API over ``model``, decoded by ``decoder`` (which owns the model from now on)."""
+def create_app(decoder: BatchedDecoder, tokenizer: Tokenizer, task: dict, settings: ServeSettings) -> FastAPI:
+    """The API over the model ``decoder`` decodes (it owns the model: nothing else runs it)."""
     app = FastAPI(title="gpt-from-scratch", docs_url=None, redoc_url=None, openapi_url=None)
-    ctx = model.cfg.context_length
+    ctx, vocab_size = decoder.ctx, decoder.model.cfg.vocab_size
     instruct = task["name"] == "instruct"
     created = int(time.time())
     page = resources.files("gpt").joinpath("static/chat.html").read_text(encoding="utf-8")
@@ -210,9 +208,11 @@ def create_app(model: GPTModel, tokenizer: Tokenizer, task: dict, settings: Serv
         top_k = settings.top_k if body.top_k is None else body.top_k
         top_p = settings.top_p if body.top_p is None else body.top_p
         try:
-            check_sampling(temperature, top_k, top_p, model.cfg.vocab_size)
+            check_sampling(temperature, top_k, top_p, vocab_size)
         except ValueError as e:
             raise APIError(400, str(e), param=str(e).split()[0]) from None
+        if body.seed is not None and not -(2**63) <= body.seed < 2**64:
+            raise APIError(400, f"seed must be a 64-bit integer, got {body.seed}", param="seed")
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stops) > 4:
             raise APIError(400, f"stop takes at most 4 strings, got {len(stops)}", param="stop")
@@ -222,8 +222,8 @@ def create_app(model: GPTModel, tokenizer: Tokenizer, task: dict, settings: Serv
             raise APIError(400, f"the prompt has {len(ids)} tokens; this model's context is {ctx} tokens. "
                            "Send a shorter prompt (or fewer earlier messages)", param="messages"
                            if isinstance(body, _ChatBody) else "prompt", code="context_length_exceeded")
-        if max(ids) >= model.cfg.vocab_size:
-            raise APIError(400, f"the prompt has token id {max(ids)}, beyond the model's {model.cfg.vocab_size} tokens")
+        if max(ids) >= vocab_size:
+            raise APIError(400, f"the prompt has token id {max(ids)}, beyond the model's {vocab_size} tokens")
         if decoder.busy >= decoder.max_batch + settings.max_waiting:
             raise APIError(429, "the server is at its most concurrent requests; retry shortly",
                            type="rate_limit_error", code="server_busy")

@@ -212,6 +212,7 @@ BAD = [
     ("an unknown role", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role"),
     ("no user message last", {"messages": [{"role": "assistant", "content": "hi"}]}, 400, "role is 'user'"),
     ("a negative temperature", {**GOOD, "temperature": -1}, 400, "temperature must be >= 0"),
+    ("a seed beyond 64 bits", {**GOOD, "seed": 2**64}, 400, "seed must be a 64-bit integer"),
     ("a body over the cap", {**GOOD, "pad": "x" * 5000}, 413, "over the 4000 bytes"),
 ]
 
@@ -245,6 +246,18 @@ def test_16_concurrent_streams_each_equal_its_sequential_result(client):
         together = list(pool.map(lambda ask: "".join(streamed(client, ask[0], max_tokens=ask[1])[0]), asks))
     assert together == sequential
     assert len(set(sequential)) > 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["port=0"], "give exactly one of ckpt=<checkpoint file or run directory> or pretrained="),
+    (["ckpt=CKPT", "port=PORT"], "cannot listen on 127.0.0.1:PORT"),
+])
+def test_serve_py_refuses_bad_settings_in_one_line(server, checkpoints, overrides, message):
+    port = server.url.rsplit(":", 1)[1]  # a port the running server holds
+    args = [o.replace("PORT", port).replace("CKPT", str(checkpoints["instruct"])) for o in overrides]
+    proc = subprocess.run([sys.executable, "serve.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == proc.stderr.strip().splitlines()[-1] and message.replace("PORT", port) in proc.stderr
 
 
 @pytest.fixture(scope="module")
