@@ -152,7 +152,7 @@ class MultiHeadAttention(nn.Module):
     ) -> torch.Tensor:
         """One new token per row, row b at its own position ``lengths[b]`` (a server decoding requests of
         different lengths in one batch): store its key and value there, attend to that row's positions 0..lengths[b].
-        q, k, v: (B, H, 1, D); kv: (2, B, H, max_len, D) -> context (B, H, 1, D)."""
+        For inference (no attention dropout). q, k, v: (B, H, 1, D); kv: (2, B, H, max_len, D) -> (B, H, 1, D)."""
         if q.shape[2] != 1:
             raise ValueError(f"per-row cache positions take one new token per row, got {q.shape[2]}")
         rows = torch.arange(q.shape[0], device=q.device)
@@ -253,7 +253,8 @@ class KVCache:
         # (layer, key/value, B, H, position, D)
         self.kv = torch.zeros(cfg.n_layers, 2, batch_size, cfg.n_heads, max_len, head_dim, device=device, dtype=dtype)
         # Positions stored; GPTModel advances it after each forward. A (B,) long tensor instead of an int gives
-        # each row its own length (rows decoded together from different starts, one token per step).
+        # each row its own length (rows decoded together from different starts, one token per step; advanced in
+        # place, so a view of a larger lengths tensor works).
         self.length: int | torch.Tensor = 0
 
     @property
