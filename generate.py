@@ -33,6 +33,9 @@ def run(cfg: DictConfig) -> None:
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
     if cfg.chat:
+        if not task.chats:
+            raise ValueError(f"chat=true needs an instruction-tuned checkpoint (task=instruct); this is a {task.name} "
+                             "model: give it a prompt= to continue instead")
         write = lambda text: print(text, end="", flush=True)  # noqa: E731
         chat(model, tokenizer, sys.stdin, write, cfg.max_new_tokens, generator, **sampling)
         return

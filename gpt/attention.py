@@ -177,31 +177,53 @@ class MultiHeadAttention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int | torch.Tensor = 0) -> torch.Tensor:
         B, T, _ = x.shape
         queries = self._split_heads(self.W_query(x))  # (B, H, T, D)
         keys = self._split_heads(self.W_key(x))
         values = self._split_heads(self.W_value(x))
-        if kv is not None:
-            keys, values = write_kv_cache(kv, start, keys, values)  # (B, H, start + T, D)
-
-        if not self.fused:
-            attn_weights = causal_attention_weights(queries, keys, self.mask, self.dropout, start)
-            context = attn_weights @ values  # (B, H, T, D)
+        if isinstance(start, torch.Tensor):  # rows of different lengths, one new token each (a server's batch)
+            context = self._attend_rows(queries, keys, values, kv, start)
         else:
-            # The same computation in one fused kernel. Its attn_mask is True where attending is allowed;
-            # is_causal=True is the plain causal case without a mask tensor.
-            dropout_p = self.dropout.p if self.training else 0.0
-            if start == 0:
-                context = F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p, is_causal=True)
-            elif T == 1:  # one new token (decoding) sees every stored position: nothing to mask
-                context = F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p)
-            else:
-                allowed = ~self.mask[start : start + T, : start + T]
-                context = F.scaled_dot_product_attention(queries, keys, values, attn_mask=allowed, dropout_p=dropout_p)
-
+            if kv is not None:
+                keys, values = write_kv_cache(kv, start, keys, values)  # (B, H, start + T, D)
+            context = self._attend(queries, keys, values, start)
         context = context.transpose(1, 2).reshape(B, T, self.d_out)  # heads side by side again
         return self.out_proj(context)
+
+    def _attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int) -> torch.Tensor:
+        """Each of the T queries (positions start .. start + T - 1) attends to the keys up to its own position."""
+        if not self.fused:
+            attn_weights = causal_attention_weights(queries, keys, self.mask, self.dropout, start)
+            return attn_weights @ values  # (B, H, T, D)
+        # The same computation in one fused kernel. Its attn_mask is True where attending is allowed;
+        # is_causal=True is the plain causal case without a mask tensor.
+        T = queries.shape[2]
+        dropout_p = self.dropout.p if self.training else 0.0
+        if start == 0:
+            return F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p, is_causal=True)
+        if T == 1:  # one new token (decoding) sees every stored position: nothing to mask
+            return F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p)
+        allowed = ~self.mask[start : start + T, : start + T]
+        return F.scaled_dot_product_attention(queries, keys, values, attn_mask=allowed, dropout_p=dropout_p)
+
+    def _attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: torch.Tensor,
+                     lengths: torch.Tensor) -> torch.Tensor:
+        """One new token per row, row b at its own position ``lengths[b]`` (a server decoding requests of different
+        lengths in one batch): store its key and value there, attend to that row's positions 0..lengths[b].
+        For inference (no attention dropout). q, k, v: (B, H, 1, D); kv: (2, B, H, max_len, D) -> (B, H, 1, D)."""
+        if q.shape[2] != 1:
+            raise ValueError(f"per-row cache positions take one new token per row, got {q.shape[2]}")
+        rows = torch.arange(q.shape[0], device=q.device)
+        kv[0][rows, :, lengths] = k[:, :, 0]  # (B, H, D) into each row's own position
+        kv[1][rows, :, lengths] = v[:, :, 0]
+        end = int(lengths.max()) + 1
+        k, v = kv[0, :, :, :end], kv[1, :, :, :end]
+        seen = torch.arange(end, device=q.device) <= lengths[:, None]  # (B, end): True where row b has a token
+        if not self.fused:
+            scores = (q @ k.transpose(2, 3)).masked_fill(~seen[:, None, None, :], float("-inf"))
+            return torch.softmax(scores / self.head_dim**0.5, dim=-1) @ v
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=seen[:, None, None, :])
 
     @staticmethod
     def _stack_heads(module: MultiHeadAttention, state_dict: dict, prefix: str, *args) -> None:

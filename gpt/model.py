@@ -138,7 +138,7 @@ class TransformerBlock(nn.Module):
         self.ff = build_part(cfg, "ffn")
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int | torch.Tensor = 0) -> torch.Tensor:
         x = x + self.drop_shortcut(self.att(self.norm1(x), kv, start))  # shortcut connection around attention
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))  # and around the feed-forward
         return x
@@ -176,15 +176,18 @@ class GPTModel(nn.Module):
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """idx (B, T) -> the final-normed features (B, T, C) that the output head turns into logits."""
         B, T = idx.shape
-        start = 0 if cache is None else cache.length
-        if start + T > self.cfg.context_length:
-            raise ValueError(
-                f"sequence of {start + T} tokens is longer than the context length {self.cfg.context_length}"
-            )
-        pos = torch.arange(start, start + T, device=idx.device)
+        start = 0 if cache is None else cache.length  # an int, or a (B,) tensor: each row's own length
+        per_row = isinstance(start, torch.Tensor)
+        end = int(start.max()) + T if per_row else start + T
+        if end > self.cfg.context_length:
+            raise ValueError(f"sequence of {end} tokens is longer than the context length {self.cfg.context_length}")
+        if per_row:
+            pos = start[:, None] + torch.arange(T, device=idx.device)  # (B, T): each row continues its own sequence
+        else:
+            pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
         for i, block in enumerate(self.trf_blocks):
-            x = block(x, None if cache is None else cache.layer(i, start + T), start)
+            x = block(x, None if cache is None else cache.layer(i, end), start)
         if cache is not None:
             cache.length += T
         return self.final_norm(x)
@@ -214,7 +217,10 @@ class KVCache:
         head_dim = cfg.emb_dim // cfg.n_heads
         # (layer, key/value, B, H, position, D)
         self.kv = torch.zeros(cfg.n_layers, 2, batch_size, cfg.n_heads, max_len, head_dim, device=device, dtype=dtype)
-        self.length = 0  # positions stored; GPTModel advances it after each forward
+        # Positions stored; GPTModel advances it after each forward. A (B,) long tensor instead of an int gives
+        # each row its own length (rows decoded together from different starts, one token per step; advanced in
+        # place, so a view of a larger lengths tensor works).
+        self.length: int | torch.Tensor = 0
 
     @property
     def max_len(self) -> int:

@@ -10,7 +10,7 @@ from conftest import ROOT
 
 GPT = ROOT / "gpt"
 FRAMEWORKS = ("lightning", "pytorch_lightning", "hydra", "omegaconf")
-GLUE = ("gpt.training", "gpt.cli")
+GLUE = ("gpt.training", "gpt.cli", "gpt.server")
 
 
 def imports(path: Path) -> set[str]:
@@ -25,7 +25,7 @@ def imports(path: Path) -> set[str]:
 
 def ring(path: Path) -> str:
     rel = path.relative_to(GPT).parts
-    if rel[0] in ("training", "cli.py"):
+    if rel[0] in ("training", "cli.py", "server.py"):
         return "glue"
     return "tasks" if rel[0] == "tasks" else "core"
 

@@ -133,6 +133,28 @@ def test_cache_feeds_one_token_at_a_time_with_the_right_positions():
         model(idx[:, :1], cache=cache)
 
 
+@pytest.mark.parametrize("attn_impl", ["sdpa", "explicit"])
+def test_cache_rows_of_different_lengths_step_together_each_at_its_own_position(attn_impl):
+    torch.manual_seed(0)
+    model = GPTModel(small(attn_impl=attn_impl)).eval()
+    seqs = [torch.randint(0, 101, (n,)) for n in (3, 9, 1)]
+    cache = model.new_cache(3, 16)
+    cache.kv.normal_()  # whatever an earlier request left in the rows must not matter
+    for b, s in enumerate(seqs):  # each sequence but its last token alone into its own row, as a server does
+        if len(s) > 1:
+            row = model.new_cache(1, 16)
+            model(s[None, :-1], cache=row)
+            cache.kv[:, :, b, :, : len(s) - 1] = row.kv[:, :, 0, :, : len(s) - 1]
+    cache.length = torch.tensor([len(s) - 1 for s in seqs])
+    last = torch.stack([s[-1:] for s in seqs])  # (3, 1): each row's next token, at its own position
+    stepped = model(last, cache=cache)[:, -1]
+    assert cache.length.tolist() == [len(s) for s in seqs]
+    for b, s in enumerate(seqs):
+        assert torch.allclose(stepped[b], model(s[None])[0, -1], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="one new token per row"):
+        model(torch.zeros(3, 2, dtype=torch.long), cache=cache)
+
+
 def test_attention_choice_is_checked_and_old_configs_default_to_sdpa():
     with pytest.raises(ValueError, match="model.attn_impl must be one of sdpa, explicit, wrapper"):
         small(attn_impl="flash")

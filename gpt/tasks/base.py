@@ -42,6 +42,7 @@ class Task:
     loaded_by: tuple[str, ...] = ()  # commands (COMMANDS) that can use its checkpoints
     needs_eot = True  # the data uses <|endoftext|> (padding, end of answer): word-level v1 cannot serve
     validate_before_training = True  # print how good the starting model is (fine-tuning); off for pretraining
+    chats = False  # the model answers turns in an instruction template (chat=true, serve.py's chat completions)
 
     def __init__(self, **settings: Any):
         self.settings = copy.deepcopy(settings)

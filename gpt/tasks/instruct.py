@@ -71,6 +71,7 @@ class Instruct(Task):
 
     name = "instruct"
     loaded_by = ("generate", "evaluate", "serve")
+    chats = True
 
     def data(self, source: Any, tokenizer: Tokenizer, data: dict, seed: int) -> Splits:
         if not hasattr(source, "records"):
