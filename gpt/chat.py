@@ -1,6 +1,7 @@
 """A multi-turn chat with an instruction-tuned model in the terminal: each message is wrapped in the Alpaca template
-the model was tuned with, the reply streams token by token until <|endoftext|>, and earlier turns stay in the
-context (their last ``context_length`` tokens). ``/reset`` forgets them, ``/exit`` (or end of input) ends.
+the model was tuned with, the reply streams as it is generated (whole characters only) until <|endoftext|>, and
+earlier turns stay in the context (their last ``context_length`` tokens). ``/reset`` forgets them, ``/exit`` (or end
+of input) ends. ``<|endoftext|>`` typed in a message is plain text unless ``allow_special``.
 
 Pure torch; reads lines from any iterable and writes through a function, so a script can drive it.
 """
@@ -14,7 +15,7 @@ import torch.nn as nn
 
 from gpt.finetune.instruction import format_input
 from gpt.generation import generate_tokens
-from gpt.tokenizer import Tokenizer
+from gpt.tokenizer import StreamDecoder, Tokenizer
 
 
 def chat(
@@ -24,6 +25,7 @@ def chat(
     write: Callable[[str], None],
     max_new_tokens: int,
     generator: torch.Generator | None = None,
+    allow_special: bool = False,
     **sampling,
 ) -> None:
     """Answer each line of ``lines``; ``sampling`` holds temperature / top_k / top_p for ``generate_tokens``."""
@@ -45,19 +47,14 @@ def chat(
             continue
         if not message:
             continue
-        ids = history + tokenizer.encode(format_input({"instruction": message}))
+        ids = history + tokenizer.encode(format_input({"instruction": message}), allowed_special=allow_special)
         write("assistant> ")
-        reply: list[int] = []
-        shown = ""
+        decoder = StreamDecoder(tokenizer)
         stream = generate_tokens(model, torch.tensor([ids[-ctx:]], device=device), max_new_tokens, ctx,
                                  eos_id=tokenizer.eot_id, generator=generator, **sampling)
         for token in stream:
             if token.item() == tokenizer.eot_id:
                 break
-            reply.append(token.item())
-            text = tokenizer.decode(reply)
-            if not text.endswith("\ufffd"):  # wait for the rest of a character split across tokens
-                write(text[len(shown):])
-                shown = text
-        write("\n")
-        history = ids + reply + [tokenizer.eot_id]
+            write(decoder.push(token.item()))
+        write(decoder.flush() + "\n")
+        history = ids + decoder.ids + [tokenizer.eot_id]
