@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gpt.errors import UserError
+
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of predicting every next token: logits (B, T, V), targets (B, T)."""
@@ -27,7 +29,7 @@ def chunked_next_token_loss(
     of logits exist at a time.
     """
     if chunk_size <= 0:
-        raise ValueError(f"loss chunk size must be positive, got {chunk_size}")
+        raise UserError(f"loss chunk size must be positive, got {chunk_size}")
     h, t = hidden.flatten(0, 1), targets.flatten()
     if torch.is_grad_enabled() and (h.requires_grad or head_weight.requires_grad):
         return _HeadCrossEntropy.apply(h, head_weight, t, chunk_size)

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gpt.errors import UserError
+
 ATTN_IMPLS = ("sdpa", "explicit")
 
 
@@ -33,20 +35,56 @@ class GPTConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"model.{name} must be a positive integer, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"model.{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.emb_dim % self.n_heads:
-            raise ValueError(
+            raise UserError(
                 f"model.emb_dim={self.emb_dim} is not divisible by model.n_heads={self.n_heads}; "
                 "choose sizes where each head gets emb_dim // n_heads dimensions"
             )
-        if not 0.0 <= self.drop_rate < 1.0:
-            raise ValueError(f"model.drop_rate must be in [0, 1), got {self.drop_rate}")
+        if not isinstance(self.drop_rate, (int, float)) or not 0.0 <= self.drop_rate < 1.0:
+            raise UserError(f"model.drop_rate must be in [0, 1), got {self.drop_rate}")
         if self.attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"model.attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {self.attn_impl!r}")
+            raise UserError(f"model.attn_impl must be one of {', '.join(ATTN_IMPLS)}, got {self.attn_impl!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def num_parameters(self) -> int:
+        """What ``GPTModel(cfg).num_parameters()`` will be, computed without building it."""
+        C, V = self.emb_dim, self.vocab_size
+        block = 3 * (C * C + C * self.qkv_bias) + (C * C + C) + (8 * C * C + 5 * C) + 4 * C  # attn, ff, 2 norms
+        return V * C + self.context_length * C + self.n_layers * block + 2 * C + (0 if self.tie_weights else V * C)
+
+    def build_bytes(self) -> int:
+        """Memory that building a GPTModel of this shape takes: fp32 weights and each layer's (T, T) causal mask
+        (one byte per element, plus one more mask while a layer builds its own)."""
+        return 4 * self.num_parameters() + (self.n_layers + 1) * self.context_length**2
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device``: the GPU's free memory, or for the CPU the kernel's MemAvailable (None if unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None  # meta (nothing is allocated), mps, ...: no check
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def check_fits(cfg: GPTConfig, device: torch.device) -> None:
+    """Refuse, before anything is allocated, a model that cannot be built in the memory ``device`` has free."""
+    need, free = cfg.build_bytes(), available_bytes(device)
+    if free is not None and need > free:
+        raise UserError(
+            f"a model of {cfg.num_parameters():,} parameters with model.context_length={cfg.context_length} needs "
+            f"{need / 2**30:.1f} GiB to build (weights and a {cfg.context_length} x {cfg.context_length} mask per "
+            f"layer) and {device.type} has {free / 2**30:.1f} GiB free; choose a smaller model or context length"
+        )
 
 
 class LayerNorm(nn.Module):
@@ -167,6 +205,7 @@ class GPTModel(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        check_fits(cfg, torch.get_default_device())  # before the first allocation: an OOM kill says nothing
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
