@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpt.errors import UserError
 from gpt.finetune.lora import merge_lora
 from gpt.finetune.task import adapt_model
 from gpt.model import GPTConfig, GPTModel
@@ -18,7 +19,7 @@ from gpt.pretrained import load_pretrained
 from gpt.tokenizer import Tokenizer, load_tokenizer
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint is missing, unreadable or does not fit this run; the message names the file."""
 
 
@@ -62,19 +63,45 @@ def last_good_checkpoint(directory: Path, exclude: Path) -> Path | None:
     return None
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, refused in one line if this machine does not have it."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"device={device} is not a device torch knows ({e}); use cpu or cuda") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"device={device} asks for a CUDA GPU and this machine has none; use device=cpu")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"device={device}: this machine has {count} CUDA GPU(s), numbered from 0")
+    return device
+
+
 def read_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu", weights_only: bool = True, mmap: bool = False
 ) -> dict:
-    """The dict stored in a checkpoint; a truncated or corrupt file is refused naming it and the last good one.
+    """The dict stored in a checkpoint, or a CheckpointError that names the real cause: the file is missing, cannot
+    be read (permission, I/O), is meant for a device this machine lacks, or is damaged (then the newest checkpoint
+    beside it that loads is named).
 
     weights_only: tensors and plain containers only, so a crafted file cannot run code while loading.
     mmap: tensors stay on disk until used (a cheap look at the hyperparameters of a large checkpoint).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; give a .ckpt file or a run directory under outputs/")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file; give a .ckpt file or a run directory under outputs/")
+    try:
+        path.open("rb").close()
+    except OSError as e:  # PermissionError, or an I/O error of the disk or network filesystem
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}; check its permissions") from e
+    map_location = check_device(map_location)
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a damaged file
         if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
             raise CheckpointError(f"{path} holds more than tensors and plain values; refusing to unpickle it (it "
@@ -82,7 +109,7 @@ def read_checkpoint(
         good = last_good_checkpoint(path.parent, exclude=path)
         hint = f"the last good checkpoint there is {good}" if good else f"no other checkpoint in {path.parent} loads"
         reason = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({reason}); {hint}") from e
+        raise CheckpointError(f"checkpoint {path} is damaged: truncated or corrupt ({reason}); {hint}") from e
 
 
 def check_same_model(saved: dict, current: dict, path: str | Path) -> None:
@@ -124,9 +151,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         for candidate in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "best.ckpt", "last.ckpt"):
             if (path / candidate).is_file():
                 return path / candidate
-        raise FileNotFoundError(f"no checkpoint in {path}: expected checkpoints/best.ckpt or checkpoints/last.ckpt")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; give a .ckpt file or a run directory under outputs/")
+        raise CheckpointError(f"no checkpoint in {path}: expected checkpoints/best.ckpt or checkpoints/last.ckpt")
     return path
 
 
@@ -138,12 +163,16 @@ def load_trained(path: str | Path, map_location: str | torch.device = "cpu") -> 
     ckpt = read_checkpoint(path, map_location=map_location)
     hparams = ckpt.get("hyper_parameters", {})
     if "model" not in hparams or "tokenizer" not in hparams:
-        raise ValueError(f"{path} is not a checkpoint written by train.py (no model/tokenizer hyperparameters)")
+        raise CheckpointError(f"{path} is not a checkpoint written by train.py (no model/tokenizer hyperparameters)")
     task = hparams.get("task") or {"name": "pretrain"}
     with torch.device(map_location):  # built where its weights were loaded: device=cuda gives a model on the GPU
         model = adapt_model(GPTModel(GPTConfig(**hparams["model"])), task)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # missing, unexpected or misshapen tensors
+        reason = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise CheckpointError(f"{path}: its weights do not fit the model its hyperparameters describe ({reason})") from e
     merge_lora(model)
     # A new head, or merged adapters, leave the head untied: say so, so that a model rebuilt from cfg matches.
     model.cfg.tie_weights = model.out_head.weight is model.tok_emb.weight
@@ -162,7 +191,7 @@ def load_model(
     """Exactly one of: a checkpoint of ours (file or run directory), or pretrained GPT-2 weights (hub id or
     directory). Returns the model, its tokenizer and its task config (GPT-2 weights are a pretrained language model)."""
     if (ckpt is None) == (pretrained is None):
-        raise ValueError("give exactly one of ckpt=<checkpoint file or run directory> or pretrained=<hub id or directory>")
+        raise UserError("give exactly one of ckpt=<checkpoint file or run directory> or pretrained=<hub id or directory>")
     if ckpt is not None:
         return load_trained(ckpt, map_location)
     return *load_pretrained(pretrained, map_location), {"name": "pretrain"}
@@ -177,5 +206,5 @@ def initial_weights(init_from: str) -> tuple[GPTModel, Tokenizer]:
     else:
         model, tokenizer, task = load_model(None, init_from)
     if task["name"] == "classify":
-        raise ValueError(f"init_from={init_from} is a classifier; start from a language model checkpoint instead")
+        raise UserError(f"init_from={init_from} is a classifier; start from a language model checkpoint instead")
     return model, tokenizer
