@@ -12,6 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from gpt.cli import run_cli, user_errors
+from gpt.errors import UserError
 
 
 def run(cfg: DictConfig) -> None:
@@ -24,15 +25,16 @@ def run(cfg: DictConfig) -> None:
     ckpt = cfg.ckpt and hydra.utils.to_absolute_path(cfg.ckpt)
     model, tokenizer, task = load_model(ckpt, cfg.pretrained, map_location=cfg.device)
     if task["name"] == "classify":
-        raise ValueError(f"{cfg.ckpt} is a classifier; evaluate.py scores language models")
+        raise UserError(f"{cfg.ckpt} is a classifier; evaluate.py scores language models")
     path = cfg.data.path and hydra.utils.to_absolute_path(cfg.data.path)
     text = load_corpus(cfg.data.source, path)
-    ids = torch.tensor(tokenizer.encode(text), device=cfg.device)
+    # A corpus joins its documents with <|endoftext|> on purpose (gpt.corpus.DOC_SEPARATOR): allowed here.
+    ids = torch.tensor(tokenizer.encode(text, allowed_special=True), device=cfg.device)
     if len(ids) and int(ids.max()) >= model.cfg.vocab_size:
-        raise ValueError(f"the text has token id {int(ids.max())}, beyond the model's {model.cfg.vocab_size} tokens")
+        raise UserError(f"the text has token id {int(ids.max())}, beyond the model's {model.cfg.vocab_size} tokens")
     max_length = cfg.data.max_length or model.cfg.context_length
     if max_length > model.cfg.context_length:
-        raise ValueError(f"data.max_length={max_length} is longer than the model's context {model.cfg.context_length}")
+        raise UserError(f"data.max_length={max_length} is longer than the model's context {model.cfg.context_length}")
     loss, n_tokens = mean_next_token_loss(model, ids, max_length, cfg.data.batch_size)
     print(f"loss: {loss:.4f}")
     print(f"perplexity: {math.exp(loss):.2f}")

@@ -1,6 +1,7 @@
 """Sample text from a GPT: python generate.py ckpt=<file or run dir> | pretrained=<hub id or dir> prompt="..." [...]
 
 With an instruction-tuned checkpoint: prompt= is an instruction (the reply is printed), chat=true chats.
+<|endoftext|> typed in a prompt or a chat message is plain text unless allow_special=true.
 
 Imports neither Lightning nor transformers, so it starts in about the time torch takes to import.
 """
@@ -13,6 +14,17 @@ import hydra
 from omegaconf import DictConfig
 
 from gpt.cli import run_cli, user_errors
+from gpt.errors import UserError
+
+
+def check_text(name: str, value: object) -> str:
+    """A text setting as given. Hydra reads ``prompt=2024`` as a number and ``prompt=true`` as a boolean; those
+    are refused with the way to say it as text, rather than turned into a text the user did not type."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise UserError(f"{name}={value} was read as a {type(value).__name__}, not text; quote it: '{name}=\"{value}\"'")
+    return value
 
 
 def run(cfg: DictConfig) -> None:
@@ -22,29 +34,32 @@ def run(cfg: DictConfig) -> None:
     from gpt.checkpoint import load_model
     from gpt.finetune.instruction import format_input
     from gpt.generation import check_sampling, generate_tokens
+    from gpt.tokenizer import StreamDecoder
 
-    if cfg.max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {cfg.max_new_tokens}")
-    if not cfg.chat and not cfg.prompt:
-        raise ValueError('prompt is empty; give some text to continue, e.g. prompt="And God said"')
+    if not isinstance(cfg.max_new_tokens, int) or cfg.max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be >= 0, got {cfg.max_new_tokens!r}")
+    prompt = check_text("prompt", cfg.prompt) if not cfg.chat else ""
+    if not cfg.chat and not prompt:
+        raise UserError('prompt is empty; give some text to continue, e.g. prompt="And God said"')
     ckpt = cfg.ckpt and hydra.utils.to_absolute_path(cfg.ckpt)
     model, tokenizer, task = load_model(ckpt, cfg.pretrained, map_location=cfg.device)
     if task["name"] == "classify":
-        raise ValueError(f"{cfg.ckpt} is a classifier: label texts with python classify.py ckpt={cfg.ckpt} text=...")
+        raise UserError(f"{cfg.ckpt} is a classifier: label texts with python classify.py ckpt={cfg.ckpt} text=...")
     check_sampling(cfg.temperature, cfg.top_k, cfg.top_p, model.cfg.vocab_size)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
     if cfg.chat:
         write = lambda text: print(text, end="", flush=True)  # noqa: E731
-        chat(model, tokenizer, sys.stdin, write, cfg.max_new_tokens, generator, **sampling)
+        sys.stdin.reconfigure(errors="replace")  # a line that is not UTF-8 is read with U+FFFD, not fatal
+        chat(model, tokenizer, sys.stdin, write, cfg.max_new_tokens, generator, cfg.allow_special, **sampling)
         return
 
     instruct = task["name"] == "instruct"  # the prompt is an instruction: wrap it, print only the response
     ctx = model.cfg.context_length
-    ids = tokenizer.encode(format_input({"instruction": cfg.prompt}) if instruct else cfg.prompt)
+    ids = tokenizer.encode(format_input({"instruction": prompt}) if instruct else prompt, cfg.allow_special)
     ids = ids[-ctx:]  # a prompt longer than the context keeps its last tokens
     if max(ids) >= model.cfg.vocab_size:
-        raise ValueError(f"the prompt has token id {max(ids)}, beyond the model's {model.cfg.vocab_size} tokens")
+        raise UserError(f"the prompt has token id {max(ids)}, beyond the model's {model.cfg.vocab_size} tokens")
     if not instruct:
         print(tokenizer.decode(ids), end="", flush=True)
     stream = generate_tokens(
@@ -56,11 +71,12 @@ def run(cfg: DictConfig) -> None:
         generator=generator,
         **sampling,
     )
+    decoder = StreamDecoder(tokenizer)  # prints whole characters only, however the tokens split them
     for token in stream:
         if token.item() == tokenizer.eot_id:
             break
-        print(tokenizer.decode([token.item()]), end="", flush=True)
-    print()
+        print(decoder.push(token.item()), end="", flush=True)
+    print(decoder.flush())
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
