@@ -23,7 +23,8 @@ def check_text(name: str, value: object) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise UserError(f"{name}={value} was read as a {type(value).__name__}, not text; quote it: '{name}=\"{value}\"'")
+        typed = str(value).lower() if isinstance(value, bool) else value
+        raise UserError(f"{name}={typed} was read as a {type(value).__name__}, not text; quote it: '{name}=\"{typed}\"'")
     return value
 
 

@@ -67,8 +67,8 @@ def check_device(device: str | torch.device) -> torch.device:
     """``device`` as a torch.device, refused in one line if this machine does not have it."""
     try:
         device = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise UserError(f"device={device} is not a device torch knows ({e}); use cpu or cuda") from None
+    except (RuntimeError, TypeError):
+        raise UserError(f"device={device} is not a device torch knows; use cpu, cuda or cuda:<n>") from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

@@ -63,25 +63,33 @@ def run_cli(main: Callable[[], None]) -> None:
             raise
         _exit(one_line(e))
     except Exception:
-        traceback.print_exc()
-        kept = RunDirGuard.created and RunDirGuard.created[0]
-        _exit(REPORT + (f"; the run directory {kept} and its log are kept" if kept else ""))
+        _report_bug()
+
+
+def _report_bug() -> NoReturn:
+    traceback.print_exc()
+    kept = RunDirGuard.created and RunDirGuard.created[0]
+    _exit(REPORT + (f"; the run directory {kept} and its log are kept" if kept else ""))
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Around the task function. A user error removes the run directory this process created, if nothing but
-    Hydra's own files was written there yet, and goes on to ``run_cli``. Any other error is also written to the
-    run's log file (the traceback is the report), and the run directory stays."""
+    """Around the task function, so that Hydra's job runner prints nothing of its own. A user error removes the run
+    directory this process created, if nothing but Hydra's own files was written there yet, and is one line. Any
+    other error is a bug: its traceback goes to the terminal and to the run's log file, and the run directory stays.
+    """
     try:
         yield
-    except USER_ERRORS:
-        if not _debug:
-            remove_refused_run_dir()
-        raise
+    except USER_ERRORS as e:
+        if _debug:
+            raise
+        remove_refused_run_dir()
+        _exit(one_line(e))
     except Exception as e:
+        if _debug:
+            raise
         _log_to_files(f"unexpected {type(e).__name__}: {REPORT}", sys.exc_info())
-        raise
+        _report_bug()
 
 
 def _log_to_files(message: str, exc_info) -> None:
