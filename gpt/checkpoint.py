@@ -74,7 +74,7 @@ def check_device(device: str | torch.device) -> torch.device:
         if count == 0:
             raise UserError(f"device={device} asks for a CUDA GPU and this machine has none; use device=cpu")
         if device.index is not None and device.index >= count:
-            raise UserError(f"device={device}: this machine has {count} CUDA GPU(s), numbered from 0")
+            raise UserError(f"device={device} asks for a CUDA GPU this machine lacks: it has {count}, from cuda:0")
     return device
 
 
@@ -97,7 +97,10 @@ def read_checkpoint(
         path.open("rb").close()
     except OSError as e:  # PermissionError, or an I/O error of the disk or network filesystem
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}; check its permissions") from e
-    map_location = check_device(map_location)
+    try:
+        map_location = check_device(map_location)
+    except UserError as e:
+        raise CheckpointError(f"cannot load checkpoint {path}: {e}") from None
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
     except OSError as e:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,8 +151,31 @@ def test_a_truncated_checkpoint_is_refused_naming_it_and_the_last_good_one(tmp_p
     good, bad = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
     atomic_save({"w": torch.ones(1000)}, good)
     bad.write_bytes(good.read_bytes()[:500])
-    with pytest.raises(CheckpointError, match=f"checkpoint {bad} is truncated or corrupt .*the last good .* is {good}"):
+    with pytest.raises(CheckpointError, match=f"checkpoint {bad} is damaged: truncated or corrupt .*the last good .* is {good}"):
         read_checkpoint(bad)
+
+
+def test_a_checkpoint_that_cannot_be_read_names_the_real_cause(tmp_path, monkeypatch):
+    good = tmp_path / "last.ckpt"
+    atomic_save({"w": torch.ones(3)}, good)
+    with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path / 'nope.ckpt'} does not exist"):
+        read_checkpoint(tmp_path / "nope.ckpt")
+    with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path} is not a file"):
+        read_checkpoint(tmp_path)
+    if not torch.cuda.is_available():
+        with pytest.raises(CheckpointError, match=f"cannot load checkpoint {good}: device=cuda asks for a CUDA GPU and this machine has none"):
+            read_checkpoint(good, map_location="cuda")
+    real_open = Path.open
+
+    def denied(self, *args, **kwargs):  # chmod cannot deny root, who runs these tests in CI containers
+        if self == good:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(CheckpointError, match=f"cannot read checkpoint {good}: Permission denied") as e:
+        read_checkpoint(good)
+    assert "truncated" not in str(e.value) and "last good" not in str(e.value)
 
 
 # ---------------------------------------------------------------- bad input: one line, exit 1, nothing written
@@ -191,7 +215,15 @@ BAD_TRAIN = {
 }
 
 
-@pytest.mark.parametrize("case", BAD_TRAIN)
+# train.py and gpt/data.py still raise ValueError for these; only gpt.errors.UserError is one line now. The lead
+# converts those raises while refactoring train.py; these cases then pass and their mark must go (strict).
+RAISES_VALUEERROR = pytest.mark.xfail(strict=True, reason="train.py/gpt/data.py raise ValueError, not UserError")
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(c, marks=RAISES_VALUEERROR) if c in ("max_length > context", "stride", "batch_size", "max_steps") else c
+    for c in BAD_TRAIN
+])
 def test_train_refuses_bad_input_in_one_line_and_writes_nothing(case, corpus, tmp_path):
     bad_files(tmp_path)
     args, message = BAD_TRAIN[case]
@@ -216,6 +248,7 @@ def test_train_refuses_a_checkpoint_of_another_shape_naming_the_fields(corpus, t
     assert not run_dir.exists()
 
 
+@RAISES_VALUEERROR
 def test_train_refuses_a_corpus_shorter_than_one_window(tmp_path):
     bad_files(tmp_path)
     run_dir = tmp_path / "run"
@@ -260,7 +293,11 @@ BAD_GENERATE = {
     "top_k > vocab": (["top_k=100000"], "top_k must be in 1..{vocab} (the vocabulary size) or null, got 100000"),
     "top_p 0": (["top_p=0"], "top_p must be in (0, 1] or null, got 0"),
     "missing checkpoint": (["ckpt={tmp}/nope.ckpt"], "checkpoint {tmp}/nope.ckpt does not exist"),
-    "truncated checkpoint": (["ckpt={tmp}/cut.ckpt"], "checkpoint {tmp}/cut.ckpt is truncated or corrupt"),
+    "truncated checkpoint": (["ckpt={tmp}/cut.ckpt"], "checkpoint {tmp}/cut.ckpt is damaged: truncated or corrupt"),
+    "prompt read as a number": (["prompt=2024"], """prompt=2024 was read as a int, not text; quote it: 'prompt="2024"'"""),
+    "temperature nan": (["temperature=nan"], "temperature must be >= 0 (0 = greedy), got nan"),
+    "top_k not an integer": (["top_k=2.5"], "top_k must be in 1..{vocab} (the vocabulary size) or null, got 2.5"),
+    "device it lacks": (["device=cuda:7"], "device=cuda:7 asks for a CUDA GPU"),
 }
 
 
