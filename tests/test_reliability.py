@@ -3,6 +3,7 @@
 Most bad inputs are refused before Lightning is imported (a few seconds each); the resume test runs train.py
 three times on a tiny model (about a minute)."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -309,3 +310,12 @@ def test_generate_refuses_bad_input_in_one_line(case, tiny_checkpoint, tmp_path)
     proc = run("generate.py", f"ckpt={ckpt}", "prompt=And God", *(a.format(tmp=tmp_path) for a in args))
     refused(proc, message.format(tmp=tmp_path, vocab=vocab))
     assert proc.stdout == ""  # not even the prompt was echoed
+
+
+def test_chat_reads_a_line_that_is_not_utf8_with_replacement_characters(tiny_checkpoint):
+    ckpt, _ = tiny_checkpoint
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}  # as in a UTF-8 locale; the C locale would escape
+    proc = subprocess.run([sys.executable, "generate.py", f"ckpt={ckpt}", "chat=true", "max_new_tokens=2"], cwd=ROOT,
+                          input=b"caf\xe9 au lait\nAnd God said\n/exit\n", capture_output=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout.decode().count("assistant> ") == 2 and proc.stdout.decode().endswith("bye\n")
