@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from gpt.errors import UserError
 from gpt.model import GPTConfig, GPTModel
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
@@ -141,3 +142,37 @@ def test_attention_choice_is_checked_and_old_configs_default_to_sdpa():
     assert GPTConfig(**old).attn_impl == "sdpa"
     for name in ("tiny", "gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl"):
         assert config(name).attn_impl == "sdpa"
+
+
+@pytest.mark.parametrize("qkv_bias, tie_weights", [(False, True), (True, False)])
+def test_the_parameter_count_is_known_before_the_model_is_built(qkv_bias, tie_weights):
+    cfg = small(qkv_bias=qkv_bias, tie_weights=tie_weights)
+    assert cfg.num_parameters() == GPTModel(cfg).num_parameters()
+    mask_bytes = (cfg.n_layers + 1) * cfg.context_length**2
+    assert cfg.build_bytes() == 4 * GPTModel(cfg).num_parameters() + mask_bytes
+
+
+def test_a_model_that_does_not_fit_in_memory_is_refused_before_anything_is_allocated(monkeypatch):
+    import gpt.model
+
+    monkeypatch.setattr(gpt.model, "available_bytes", lambda device: 8 * 2**30)  # 8 GiB free, whatever the host
+    monkeypatch.setattr(torch, "triu", lambda *a, **k: pytest.fail("a causal mask was allocated"))
+    monkeypatch.setattr(torch.nn.Embedding, "__init__", lambda *a, **k: pytest.fail("an embedding was allocated"))
+    cfg = config("tiny", context_length=100000)
+    need = f"{cfg.build_bytes() / 2**30:.1f}"
+    assert float(need) > cfg.n_layers * 100000**2 / 2**30  # at least the masks, one per layer
+    with pytest.raises(UserError, match=rf"model.context_length=100000 needs {need} GiB to build .* and cpu has 8\.0 "
+                                        "GiB free; choose a smaller model or context length"):
+        GPTModel(cfg)
+    with pytest.raises(UserError, match="model.emb_dim"):  # the shape's checks still come first
+        GPTModel(config("tiny", emb_dim=0))
+
+
+def test_free_memory_is_read_from_the_device():
+    from gpt.model import available_bytes
+
+    free = available_bytes(torch.device("cpu"))
+    assert free is None or 0 < free < 2**50
+    assert available_bytes(torch.device("meta")) is None  # nothing is allocated on meta: no limit
+    if torch.cuda.is_available():
+        assert 0 < available_bytes(torch.device("cuda")) <= torch.cuda.get_device_properties(0).total_memory

@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,3 +127,28 @@ def test_generate_needs_exactly_one_model():
     assert proc.stderr.strip() == (
         "error: give exactly one of ckpt=<checkpoint file or run directory> or pretrained=<hub id or directory>"
     )
+
+
+def test_export_never_writes_beside_its_checkpoint_nor_over_a_file(tmp_path):
+    from gpt.model import GPTConfig, GPTModel
+
+    cfg = GPTConfig(vocab_size=50257, context_length=8, emb_dim=8, n_heads=2, n_layers=1, drop_rate=0.0,
+                    qkv_bias=True, tie_weights=True)
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    state = {f"model.{k}": v for k, v in GPTModel(cfg).state_dict().items()}
+    torch.save({"hyper_parameters": {"model": cfg.to_dict(), "tokenizer": {"name": "gpt2"}}, "state_dict": state},
+               run_dir / "checkpoints" / "last.ckpt")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for out in (run_dir, run_dir / "checkpoints"):
+        proc = run("export.py", f"ckpt={run_dir}", f"out={out}", "overwrite=true", check=False)
+        assert proc.returncode == 1 and proc.stderr.strip() == (
+            f"error: out={out} holds the checkpoint it would export ({run_dir / 'checkpoints' / 'last.ckpt'}); "
+            "choose a folder outside it")
+    (tmp_path / "notes.txt").write_text("mine")
+    proc = run("export.py", f"ckpt={run_dir}", f"out={tmp_path / 'notes.txt'}", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().startswith(f"error: {tmp_path / 'notes.txt'} is a file")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == sorted([*before, Path("notes.txt")])
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    run("export.py", f"ckpt={run_dir}", f"out={tmp_path / 'hf'}")
+    assert transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").config.n_embd == 8

@@ -204,6 +204,8 @@ BAD_TRAIN = {
     "unknown trainer": (["trainer=tpu"], "unknown trainer config 'tpu'; choose one of: cpu, ddp, ddp_cpu, fsdp, gpu"),
     "emb_dim % n_heads": (["model.emb_dim=30", "model.n_heads=4"], "model.emb_dim=30 is not divisible by model.n_heads=4"),
     "max_length > context": (["data.max_length=999"], "data.max_length=999 is longer than model.context_length=32"),
+    # a 10^6 x 10^6 causal mask per layer: refused before it is allocated, on any host
+    "context beyond memory": (["model.context_length=1000000"], "with model.context_length=1000000 needs"),
     "stride": (["data.stride=0"], "data.stride must be positive, got 0"),
     "batch_size": (["data.batch_size=-2"], "data.batch_size must be positive, got -2"),
     "max_steps": (["trainer.max_steps=0"], "trainer.max_steps must be positive, got 0"),
