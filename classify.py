@@ -1,6 +1,7 @@
 """Label texts with a fine-tuned classifier: python classify.py ckpt=<file or run dir> text="..."
 
-Without text=, each line of stdin is one text; <|endoftext|> in a text is plain text unless allow_special=true. Prints label<TAB>probability<TAB>text per text. No Lightning.
+Without text=, each line of stdin is one text; <|endoftext|> in a text is plain text unless allow_special=true.
+Prints label<TAB>probability<TAB>text per text. No Lightning.
 """
 
 from __future__ import annotations

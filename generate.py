@@ -24,7 +24,8 @@ def check_text(name: str, value: object) -> str:
         return ""
     if not isinstance(value, str):
         typed = str(value).lower() if isinstance(value, bool) else value
-        raise UserError(f"{name}={typed} was read as a {type(value).__name__}, not text; quote it: '{name}=\"{typed}\"'")
+        kind = type(value).__name__
+        raise UserError(f"{name}={typed} was read as a {kind}, not text; quote it: '{name}=\"{typed}\"'")
     return value
 
 

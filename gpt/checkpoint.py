@@ -175,7 +175,8 @@ def load_trained(path: str | Path, map_location: str | torch.device = "cpu") -> 
         model.load_state_dict(state)
     except RuntimeError as e:  # missing, unexpected or misshapen tensors
         reason = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
-        raise CheckpointError(f"{path}: its weights do not fit the model its hyperparameters describe ({reason})") from e
+        message = f"{path}: its weights do not fit the model its hyperparameters describe ({reason})"
+        raise CheckpointError(message) from e
     merge_lora(model)
     # A new head, or merged adapters, leave the head untied: say so, so that a model rebuilt from cfg matches.
     model.cfg.tie_weights = model.out_head.weight is model.tok_emb.weight
@@ -194,7 +195,9 @@ def load_model(
     """Exactly one of: a checkpoint of ours (file or run directory), or pretrained GPT-2 weights (hub id or
     directory). Returns the model, its tokenizer and its task config (GPT-2 weights are a pretrained language model)."""
     if (ckpt is None) == (pretrained is None):
-        raise UserError("give exactly one of ckpt=<checkpoint file or run directory> or pretrained=<hub id or directory>")
+        raise UserError(
+            "give exactly one of ckpt=<checkpoint file or run directory> or pretrained=<hub id or directory>"
+        )
     if ckpt is not None:
         return load_trained(ckpt, map_location)
     return *load_pretrained(pretrained, map_location), {"name": "pretrain"}

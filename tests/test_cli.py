@@ -152,8 +152,8 @@ def test_a_refused_run_started_beside_a_training_run_leaves_it_whole(corpus, tmp
         time.sleep(0.05)
     training = start(tmp_path, *TINY, "data=text_file", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'c'}")
     rc, _, err = finish(refused)
-    assert rc == 1 and err.strip().splitlines()[-1] == f"error: corpus file {tmp_path / 'missing.txt'} does not exist; " \
-        "set data.path to a UTF-8 text file", err[-2000:]
+    missing = f"error: corpus file {tmp_path / 'missing.txt'} does not exist; set data.path to a UTF-8 text file"
+    assert rc == 1 and err.strip().splitlines()[-1] == missing, err[-2000:]
     rc, _, err = finish(training)
     assert rc == 0, err[-2000:]
     (day,) = (tmp_path / "outputs").iterdir()

@@ -152,7 +152,8 @@ def test_a_truncated_checkpoint_is_refused_naming_it_and_the_last_good_one(tmp_p
     good, bad = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
     atomic_save({"w": torch.ones(1000)}, good)
     bad.write_bytes(good.read_bytes()[:500])
-    with pytest.raises(CheckpointError, match=f"checkpoint {bad} is damaged: truncated or corrupt .*the last good .* is {good}"):
+    message = f"checkpoint {bad} is damaged: truncated or corrupt .*the last good .* is {good}"
+    with pytest.raises(CheckpointError, match=message):
         read_checkpoint(bad)
 
 
@@ -164,7 +165,8 @@ def test_a_checkpoint_that_cannot_be_read_names_the_real_cause(tmp_path, monkeyp
     with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path} is not a file"):
         read_checkpoint(tmp_path)
     if not torch.cuda.is_available():
-        with pytest.raises(CheckpointError, match=f"cannot load checkpoint {good}: device=cuda asks for a CUDA GPU and this machine has none"):
+        message = f"cannot load checkpoint {good}: device=cuda asks for a CUDA GPU and this machine has none"
+        with pytest.raises(CheckpointError, match=message):
             read_checkpoint(good, map_location="cuda")
     real_open = Path.open
 
@@ -297,7 +299,7 @@ BAD_GENERATE = {
     "top_p 0": (["top_p=0"], "top_p must be in (0, 1] or null, got 0"),
     "missing checkpoint": (["ckpt={tmp}/nope.ckpt"], "checkpoint {tmp}/nope.ckpt does not exist"),
     "truncated checkpoint": (["ckpt={tmp}/cut.ckpt"], "checkpoint {tmp}/cut.ckpt is damaged: truncated or corrupt"),
-    "prompt read as a number": (["prompt=2024"], """prompt=2024 was read as a int, not text; quote it: 'prompt="2024"'"""),
+    "prompt read as a number": (["prompt=2024"], "prompt=2024 was read as a int, not text; quote it: 'prompt=\"2024\"'"),
     "temperature nan": (["temperature=nan"], "temperature must be >= 0 (0 = greedy), got nan"),
     "top_k not an integer": (["top_k=2.5"], "top_k must be in 1..{vocab} (the vocabulary size) or null, got 2.5"),
     "device it lacks": (["device=cuda:7"], "device=cuda:7 asks for a CUDA GPU"),
