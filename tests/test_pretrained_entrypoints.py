@@ -92,9 +92,13 @@ def test_init_from_trains_on_from_the_weights_and_exports_back(hf_dir, tmp_path)
         torch.testing.assert_close(exported(idx).logits, model(idx), atol=1e-5, rtol=0)
 
 
-def test_init_from_refuses_a_shape_that_conflicts_with_the_weights(hf_dir):
+# train.py raises ValueError here, and only gpt.errors.UserError is one line now: the lead converts those raises
+# while refactoring train.py; this then passes and the mark must go (strict).
+@pytest.mark.xfail(strict=True, reason="train.py raises ValueError, not UserError")
+def test_init_from_refuses_a_shape_that_conflicts_with_the_weights(hf_dir, tmp_path):
     directory, _, _ = hf_dir
-    proc = run("train.py", f"init_from={directory}", "model.n_layers=3", check=False)
+    proc = run("train.py", f"init_from={directory}", "model.n_layers=3", f"hydra.run.dir={tmp_path / 'run'}",
+               check=False)
     assert proc.returncode == 1
     last_line = proc.stderr.strip().splitlines()[-1]  # Lightning's INFO lines may come first
     assert last_line.startswith(f"error: model.n_layers=3 conflicts with the weights of init_from={directory}")
