@@ -1,6 +1,7 @@
 """Label texts with a fine-tuned classifier: python classify.py ckpt=<file or run dir> text="..."
 
-Without text=, each line of stdin is one text. Prints label<TAB>probability<TAB>text per text. No Lightning.
+Without text=, each line of stdin is one text; <|endoftext|> in a text is plain text unless allow_special=true.
+Prints label<TAB>probability<TAB>text per text. No Lightning.
 """
 
 from __future__ import annotations
@@ -14,12 +15,17 @@ from gpt.cli import run_cli, user_errors
 
 
 def run(cfg: DictConfig) -> None:
+    from gpt.checks import check_text
     from gpt.tasks import load_for
 
     model, tokenizer, task = load_for("classify", hydra.utils.to_absolute_path(cfg.ckpt), None, cfg.device)
-    texts = [cfg.text] if cfg.text is not None else [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if cfg.text is not None:
+        texts = [check_text("text", cfg.text)]
+    else:
+        sys.stdin.reconfigure(errors="replace")  # a line that is not UTF-8 is read with U+FFFD, not fatal
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     for text in texts:
-        label, probability = task.label(model, tokenizer, text)
+        label, probability = task.label(model, tokenizer, text, cfg.allow_special)
         print(f"{label}\t{probability:.3f}\t{text}", flush=True)
 
 

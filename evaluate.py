@@ -25,7 +25,8 @@ def run(cfg: DictConfig) -> None:
     ckpt = cfg.ckpt and hydra.utils.to_absolute_path(cfg.ckpt)
     model, tokenizer, task = load_for("evaluate", ckpt, cfg.pretrained, cfg.device)
     text = corpus_text(hydra.utils.instantiate(cfg.data.source))
-    ids = torch.tensor(tokenizer.encode(text), device=cfg.device)
+    # A corpus joins its documents with <|endoftext|> on purpose (DOC_SEPARATOR): allowed here.
+    ids = torch.tensor(tokenizer.encode(text, allowed_special=True), device=cfg.device)
     if len(ids):
         check_vocab(int(ids.max()), model.cfg.vocab_size, "the text")
     max_length = cfg.data.max_length or model.cfg.context_length

@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from gpt.cli import run_cli, user_errors
+from gpt.errors import UserError
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -25,7 +26,7 @@ def listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
         sock.listen(128)
     except OSError as e:
-        raise ValueError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another port= or host=") from None
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another port= or host=") from None
     return sock
 
 
@@ -36,7 +37,7 @@ def run(cfg: DictConfig) -> None:
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError:
-        raise ValueError("serve.py needs FastAPI and uvicorn: pip install -e '.[serve]'") from None
+        raise UserError("serve.py needs FastAPI and uvicorn: pip install -e '.[serve]'") from None
 
     from gpt.batching import BatchedDecoder
     from gpt.generation import check_sampling
@@ -45,15 +46,15 @@ def run(cfg: DictConfig) -> None:
 
     for name in ("max_concurrent", "max_tokens", "max_tokens_limit", "max_body_bytes"):
         if not isinstance(cfg[name], int) or cfg[name] < 1:
-            raise ValueError(f"{name} must be a positive integer, got {cfg[name]!r}")
+            raise UserError(f"{name} must be a positive integer, got {cfg[name]!r}")
     if not isinstance(cfg.max_waiting, int) or cfg.max_waiting < 0:
-        raise ValueError(f"max_waiting must be an integer >= 0, got {cfg.max_waiting!r}")
+        raise UserError(f"max_waiting must be an integer >= 0, got {cfg.max_waiting!r}")
     if not isinstance(cfg.port, int) or not 0 <= cfg.port <= 65535:
-        raise ValueError(f"port must be in 0..65535 (0 = any free port), got {cfg.port!r}")
+        raise UserError(f"port must be in 0..65535 (0 = any free port), got {cfg.port!r}")
     if cfg.max_tokens > cfg.max_tokens_limit:
-        raise ValueError(f"max_tokens={cfg.max_tokens} is above max_tokens_limit={cfg.max_tokens_limit}")
+        raise UserError(f"max_tokens={cfg.max_tokens} is above max_tokens_limit={cfg.max_tokens_limit}")
     if cfg.api_key is not None and not str(cfg.api_key):
-        raise ValueError("api_key is empty; give a secret string, or leave it null for no key")
+        raise UserError("api_key is empty; give a secret string, or leave it null for no key")
     ckpt = cfg.ckpt and hydra.utils.to_absolute_path(cfg.ckpt)
     sock = listen(cfg.host, cfg.port)  # before the model loads: a taken port fails at once
     model, tokenizer, task = load_for("serve", ckpt, cfg.pretrained, cfg.device)

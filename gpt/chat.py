@@ -1,9 +1,10 @@
 """A multi-turn chat with an instruction-tuned model in the terminal: each message is wrapped in the Alpaca template
-the model was tuned with, the reply streams token by token until <|endoftext|>, and earlier turns stay in the
-context (their last ``context_length`` tokens). ``/reset`` forgets them, ``/exit`` (or end of input) ends.
+the model was tuned with, the reply streams as it is generated (whole characters only) until <|endoftext|>, and
+earlier turns stay in the context (their last ``context_length`` tokens). ``/reset`` forgets them, ``/exit`` (or end
+of input) ends. ``<|endoftext|>`` typed in a message is plain text unless ``allow_special``.
 
 Pure torch; reads lines from any iterable and writes through a function, so a script can drive it. The server
-(gpt/server.py) builds its prompts with ``turn_ids`` / ``close_turn`` and streams text with ``TextStream`` too.
+(gpt/server.py) builds its prompts with ``turn_ids`` / ``close_turn`` too.
 """
 
 from __future__ import annotations
@@ -15,37 +16,18 @@ import torch.nn as nn
 
 from gpt.data.sources.alpaca import format_input
 from gpt.generation import generate_tokens
-from gpt.tokenizer import Tokenizer
+from gpt.tokenizer import StreamDecoder, Tokenizer
 
 
-def turn_ids(tokenizer: Tokenizer, message: str, history: list[int]) -> list[int]:
-    """The ids the model continues to answer ``message``: the earlier turns, then the message in the Alpaca template."""
-    return history + tokenizer.encode(format_input({"instruction": message}))
+def turn_ids(tokenizer: Tokenizer, message: str, history: list[int], allow_special: bool = False) -> list[int]:
+    """The ids the model continues to answer ``message``: the earlier turns, then the message in the Alpaca template.
+    A typed <|endoftext|> stays text unless ``allow_special``: a user cannot forge the end of a turn."""
+    return history + tokenizer.encode(format_input({"instruction": message}), allowed_special=allow_special)
 
 
 def close_turn(tokenizer: Tokenizer, prompt: list[int], reply: list[int]) -> list[int]:
     """The history after a turn: its prompt, the reply and <|endoftext|>, as the model was tuned to end a response."""
     return prompt + reply + [tokenizer.eot_id]
-
-
-class TextStream:
-    """Token ids in, text out as soon as it is whole: a character split across tokens (GPT-2's byte-level BPE
-    does that to many non-ASCII characters) decodes to U+FFFD until its last byte arrives, so text that ends in
-    U+FFFD is held back."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.shown = ""
-
-    def push(self, token: int) -> str:
-        """The text that ``token`` completes (often empty mid-character)."""
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return ""
-        new, self.shown = text[len(self.shown) :], text
-        return new
 
 
 def chat(
@@ -55,6 +37,7 @@ def chat(
     write: Callable[[str], None],
     max_new_tokens: int,
     generator: torch.Generator | None = None,
+    allow_special: bool = False,
     **sampling,
 ) -> None:
     """Answer each line of ``lines``; ``sampling`` holds temperature / top_k / top_p for ``generate_tokens``."""
@@ -76,9 +59,9 @@ def chat(
             continue
         if not message:
             continue
-        ids = turn_ids(tokenizer, message, history)
+        ids = turn_ids(tokenizer, message, history, allow_special)
         write("assistant> ")
-        text = TextStream(tokenizer)
+        text = StreamDecoder(tokenizer)
         stream = generate_tokens(model, torch.tensor([ids[-ctx:]], device=device), max_new_tokens, ctx,
                                  eos_id=tokenizer.eot_id, generator=generator, **sampling)
         for token in stream:
@@ -86,5 +69,5 @@ def chat(
                 break
             if new := text.push(token.item()):
                 write(new)
-        write("\n")
+        write(text.flush() + "\n")
         history = close_turn(tokenizer, ids, text.ids)

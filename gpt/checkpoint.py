@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpt.errors import UserError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint is missing, unreadable or does not fit this run; the message names the file."""
 
 
@@ -58,19 +59,48 @@ def last_good_checkpoint(directory: Path, exclude: Path) -> Path | None:
     return None
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, refused in one line if this machine does not have it."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device={device} is not a device torch knows; use cpu, cuda or cuda:<n>") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"device={device} asks for a CUDA GPU and this machine has none; use device=cpu")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"device={device} asks for a CUDA GPU this machine lacks: it has {count}, from cuda:0")
+    return device
+
+
 def read_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu", weights_only: bool = True, mmap: bool = False
 ) -> dict:
-    """The dict stored in a checkpoint; a truncated or corrupt file is refused naming it and the last good one.
+    """The dict stored in a checkpoint, or a CheckpointError that names the real cause: the file is missing, cannot
+    be read (permission, I/O), is meant for a device this machine lacks, or is damaged (then the newest checkpoint
+    beside it that loads is named).
 
     weights_only: tensors and plain containers only, so a crafted file cannot run code while loading.
     mmap: tensors stay on disk until used (a cheap look at the hyperparameters of a large checkpoint).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; give a .ckpt file or a run directory under outputs/")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file; give a .ckpt file or a run directory under outputs/")
+    try:
+        path.open("rb").close()
+    except OSError as e:  # PermissionError, or an I/O error of the disk or network filesystem
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}; check its permissions") from e
+    try:
+        map_location = check_device(map_location)
+    except UserError as e:
+        raise CheckpointError(f"cannot load checkpoint {path}: {e}") from None
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only, mmap=mmap)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a damaged file
         if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
             raise CheckpointError(f"{path} holds more than tensors and plain values; refusing to unpickle it (it "
@@ -78,7 +108,7 @@ def read_checkpoint(
         good = last_good_checkpoint(path.parent, exclude=path)
         hint = f"the last good checkpoint there is {good}" if good else f"no other checkpoint in {path.parent} loads"
         reason = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({reason}); {hint}") from e
+        raise CheckpointError(f"checkpoint {path} is damaged: truncated or corrupt ({reason}); {hint}") from e
 
 
 def check_same_model(saved: dict, current: dict, path: str | Path) -> None:
@@ -120,7 +150,5 @@ def resolve_checkpoint(path: str | Path) -> Path:
         for candidate in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "best.ckpt", "last.ckpt"):
             if (path / candidate).is_file():
                 return path / candidate
-        raise FileNotFoundError(f"no checkpoint in {path}: expected checkpoints/best.ckpt or checkpoints/last.ckpt")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; give a .ckpt file or a run directory under outputs/")
+        raise CheckpointError(f"no checkpoint in {path}: expected checkpoints/best.ckpt or checkpoints/last.ckpt")
     return path

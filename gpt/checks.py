@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from gpt.errors import UserError
+
 
 def check_positive(name: str, value: int | float) -> None:
     if value is None or value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+        raise UserError(f"{name} must be positive, got {value}")
 
 
 def check_window(max_length: int, context_length: int) -> None:
     """A training or evaluation window must fit in the model's context."""
     if max_length > context_length:
-        raise ValueError(
+        raise UserError(
             f"data.max_length={max_length} is longer than model.context_length={context_length}; "
             "lower data.max_length or raise model.context_length"
         )
@@ -20,5 +22,5 @@ def check_window(max_length: int, context_length: int) -> None:
 def check_vocab(max_id: int, vocab_size: int, what: str) -> None:
     """Every token id must have a row in the model's embedding."""
     if max_id >= vocab_size:
-        raise ValueError(f"{what} has token id {max_id}, beyond the model's {vocab_size} tokens; use the tokenizer "
+        raise UserError(f"{what} has token id {max_id}, beyond the model's {vocab_size} tokens; use the tokenizer "
                          "the model was trained with")

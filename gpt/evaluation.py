@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gpt.errors import UserError
+
 
 @torch.no_grad()
 def mean_next_token_loss(model: nn.Module, ids: torch.Tensor, max_length: int, batch_size: int) -> tuple[float, int]:
@@ -15,9 +17,9 @@ def mean_next_token_loss(model: nn.Module, ids: torch.Tensor, max_length: int, b
     token after the first is scored exactly once, seeing the earlier tokens of its own window.
     """
     if len(ids) < 2:
-        raise ValueError(f"the text has {len(ids)} token(s); at least 2 are needed to score a next token")
+        raise UserError(f"the text has {len(ids)} token(s); at least 2 are needed to score a next token")
     if max_length <= 0 or batch_size <= 0:
-        raise ValueError(f"max_length and batch_size must be positive, got {max_length} and {batch_size}")
+        raise UserError(f"max_length and batch_size must be positive, got {max_length} and {batch_size}")
     inputs, targets = ids[:-1], ids[1:]
     n_full = len(inputs) // max_length
     x = inputs[: n_full * max_length].view(n_full, max_length)  # (N, L) full windows

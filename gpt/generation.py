@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -10,17 +11,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from gpt.errors import UserError
 from gpt.tokenizer import Tokenizer
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, vocab_size: int) -> None:
     """Reject sampling settings that have no meaning, with a message that says what is allowed."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and not 1 <= top_k <= vocab_size:
-        raise ValueError(f"top_k must be in 1..{vocab_size} (the vocabulary size) or null, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] or null, got {top_p}")
+    if not _is_number(temperature) or not math.isfinite(temperature) or temperature < 0:
+        raise UserError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= vocab_size):
+        raise UserError(f"top_k must be in 1..{vocab_size} (the vocabulary size) or null, got {top_k!r}")
+    if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
+        raise UserError(f"top_p must be in (0, 1] or null, got {top_p!r}")
 
 
 def sample_next(
@@ -135,8 +141,8 @@ def generate_tokens(
     the last ``context_length`` tokens (positions restart at 0 in that window, so stored keys no longer apply),
     exactly as without a cache.
     """
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be >= 0, got {max_new_tokens!r}")
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     cache = None
     if hasattr(model, "new_cache") and max_new_tokens > 0:

@@ -11,6 +11,8 @@ import math
 import torch
 import torch.nn as nn
 
+from gpt.errors import UserError
+
 
 class LoRALinear(nn.Module):
     """An ``nn.Linear`` (frozen) plus a trainable low-rank update scaled by ``alpha / rank``."""
@@ -18,7 +20,7 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
         super().__init__()
         if rank <= 0:
-            raise ValueError(f"task.lora.rank must be a positive integer, got {rank}")
+            raise UserError(f"task.lora.rank must be a positive integer, got {rank}")
         self.base = base
         self.base.requires_grad_(False)
         self.scaling = alpha / rank

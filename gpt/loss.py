@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gpt.errors import UserError
+
 IGNORE_INDEX = -100  # a target with this value is not predicted (padding, or a prompt the model need not learn)
 
 
@@ -31,7 +33,7 @@ def chunked_next_token_loss(
     device sync, so pretraining, whose targets are all real, skips it).
     """
     if chunk_size <= 0:
-        raise ValueError(f"loss chunk size must be positive, got {chunk_size}")
+        raise UserError(f"loss chunk size must be positive, got {chunk_size}")
     h, t = hidden.flatten(0, 1), targets.flatten()
     if ignore:
         keep = t != IGNORE_INDEX

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt.attention import CausalAttentionHeads, MultiHeadAttention
+from gpt.errors import UserError
 from gpt.registry import choose
 
 
@@ -36,20 +37,51 @@ class GPTConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"model.{name} must be a positive integer, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"model.{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.emb_dim % self.n_heads:
-            raise ValueError(
+            raise UserError(
                 f"model.emb_dim={self.emb_dim} is not divisible by model.n_heads={self.n_heads}; "
                 "choose sizes where each head gets emb_dim // n_heads dimensions"
             )
-        if not 0.0 <= self.drop_rate < 1.0:
-            raise ValueError(f"model.drop_rate must be in [0, 1), got {self.drop_rate}")
+        if not isinstance(self.drop_rate, (int, float)) or not 0.0 <= self.drop_rate < 1.0:
+            raise UserError(f"model.drop_rate must be in [0, 1), got {self.drop_rate}")
         for key in PARTS:  # an unknown part is refused here, when the config is read
             part_class(self, key)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device``: the GPU's free memory, or for the CPU the kernel's MemAvailable (None if unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None  # meta (nothing is allocated), mps, ...: no check
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def check_fits(cfg: GPTConfig, device: torch.device) -> None:
+    """Refuse, before anything is allocated, a model that cannot be built in the memory ``device`` has free. The
+    model is first built on the meta device (shapes only, no memory), so any choice of parts is measured."""
+    free = available_bytes(device)
+    if free is None:
+        return
+    with torch.device("meta"):
+        shape = GPTModel(cfg)
+    need = sum(t.numel() * t.element_size() for t in (*shape.parameters(), *shape.buffers()))
+    if need > free:
+        raise UserError(
+            f"a model of {shape.num_parameters():,} parameters with model.context_length={cfg.context_length} "
+            f"needs {need / 2**30:.1f} GiB for its weights and buffers and {device.type} has {free / 2**30:.1f} GiB "
+            "free; choose a smaller model or context length"
+        )
 
 
 class LayerNorm(nn.Module):
@@ -149,6 +181,7 @@ class GPTModel(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        check_fits(cfg, torch.get_default_device())  # before the first allocation: an OOM kill says nothing
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.pos_emb = build_part(cfg, "pos")

@@ -13,7 +13,11 @@ file is read one tensor at a time (no memory map) and copied into place. Peak RS
 from __future__ import annotations
 
 import json
+import math
+import os
 import pickle
+import shutil
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,12 +27,14 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from gpt.attention import stack_heads
+from gpt.errors import UserError
 from gpt.model import GPTConfig, GPTModel
 from gpt.tokenizer import Tokenizer, load_tokenizer
 
 HUB_IDS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's four sizes on the Hugging Face hub
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # preferred first
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+SAFETENSORS_MAX_HEADER = 100_000_000  # bytes; the format's own limit (the safetensors library refuses larger)
 # GPT-2's choices that our GPTModel hard-codes; a config.json asking for anything else is refused.
 FIXED = {
     "activation_function": "gelu_new",  # GELU, tanh approximation
@@ -67,12 +73,12 @@ TOP = {
 def config_from_hf(hf: dict) -> GPTConfig:
     """Our GPTConfig from a GPT-2 ``config.json``: qkv bias always on (c_attn has one), head tied unless it says not."""
     if hf.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"config.json describes a {hf['model_type']!r} model; only GPT-2 (model_type gpt2) loads")
+        raise UserError(f"config.json describes a {hf['model_type']!r} model; only GPT-2 (model_type gpt2) loads")
     for key, value in FIXED.items():
         if hf.get(key, value) != value:
-            raise ValueError(f"config.json sets {key}={hf[key]!r}; GPTModel implements only GPT-2's {value!r}")
+            raise UserError(f"config.json sets {key}={hf[key]!r}; GPTModel implements only GPT-2's {value!r}")
     if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
-        raise ValueError(f"config.json sets n_inner={hf['n_inner']}; GPTModel's feed-forward is 4 x n_embd wide")
+        raise UserError(f"config.json sets n_inner={hf['n_inner']}; GPTModel's feed-forward is 4 x n_embd wide")
     return GPTConfig(
         vocab_size=hf["vocab_size"],
         context_length=hf.get("n_positions", hf.get("n_ctx")),
@@ -117,7 +123,7 @@ def hf_to_ours(name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]
     if name in TOP:
         return [(TOP[name], tensor)]
     if not name.startswith("h."):
-        raise ValueError(f"unexpected tensor {name!r} in a GPT-2 weights file")
+        raise UserError(f"unexpected tensor {name!r} in a GPT-2 weights file")
     _, layer, part = name.split(".", 2)
     prefix = f"trf_blocks.{layer}."
     # Views, not copies: load_weights copies each into the model's (out, in) layout once.
@@ -127,7 +133,7 @@ def hf_to_ours(name: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]
         kind = part.rsplit(".", 1)[1]  # weight (3C, C) after the transpose, or bias (3C,)
         return [(f"{prefix}{q}.{kind}", t) for q, t in zip(QKV, tensor.chunk(3, dim=0))]
     if part not in BLOCK:
-        raise ValueError(f"unexpected tensor {name!r} in a GPT-2 weights file")
+        raise UserError(f"unexpected tensor {name!r} in a GPT-2 weights file")
     return [(prefix + BLOCK[part], tensor)]
 
 
@@ -155,7 +161,7 @@ def resolve_pretrained(name_or_dir: str | Path) -> Path:
     if path.is_dir():
         return path
     if path.exists() or str(name_or_dir).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{name_or_dir} is not a directory; give a directory with config.json and "
+        raise UserError(f"{name_or_dir} is not a directory; give a directory with config.json and "
                                 f"model.safetensors, or a hub id such as {', '.join(HUB_IDS)}")
     return download(str(name_or_dir))
 
@@ -166,7 +172,7 @@ def download(repo_id: str) -> Path:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError
     except ImportError as e:
-        raise ValueError(f"fetching {repo_id!r} needs huggingface_hub (pip install huggingface_hub), "
+        raise UserError(f"fetching {repo_id!r} needs huggingface_hub (pip install huggingface_hub), "
                          "or give a local directory") from e
     try:
         config = Path(hf_hub_download(repo_id, "config.json"))
@@ -175,7 +181,7 @@ def download(repo_id: str) -> Path:
         except EntryNotFoundError:
             hf_hub_download(repo_id, "pytorch_model.bin")
     except Exception as e:  # offline, unknown repo, gated repo, ...: all mean the weights cannot be had
-        raise ValueError(f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}); it is not a "
+        raise UserError(f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}); it is not a "
                          "local directory either. Check the name and the network, or give a local directory") from e
     return config.parent
 
@@ -184,7 +190,7 @@ def weights_file(directory: Path) -> Path:
     for name in WEIGHT_FILES:
         if (directory / name).is_file():
             return directory / name
-    raise FileNotFoundError(f"no {' or '.join(WEIGHT_FILES)} in {directory}")
+    raise UserError(f"no {' or '.join(WEIGHT_FILES)} in {directory}")
 
 
 def read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -196,7 +202,7 @@ def read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
         # weights_only: tensors and plain containers only, so a crafted file cannot run code while loading.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{path} holds more than tensors; refusing to unpickle it (it could run code)") from e
+        raise UserError(f"{path} holds more than tensors; refusing to unpickle it (it could run code)") from e
     while state:
         yield state.popitem()  # the dict lets go of each tensor as it is handed over
 
@@ -204,23 +210,47 @@ def read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
 def read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """A safetensors file is 8 bytes (little-endian header size), a JSON header {name: {dtype, shape, data_offsets}},
     then the raw bytes. Each tensor is read with a plain read into fresh memory: a memory map (what safe_open uses)
-    would keep every page it touched resident, a second copy of the weights as far as RSS goes."""
+    would keep every page it touched resident, a second copy of the weights as far as RSS goes.
+
+    Every size in the header is checked against the file before anything is allocated: a damaged or crafted file
+    is refused in one line instead of asking for terabytes."""
+    file_size = path.stat().st_size
     with open(path, "rb") as f:
         header_size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_size))
+        if not 0 < header_size <= min(SAFETENSORS_MAX_HEADER, file_size - 8):
+            raise UserError(f"{path} is not a safetensors file: its header size {header_size} does not fit the "
+                            f"file's {file_size} bytes")
+        try:
+            header = json.loads(f.read(header_size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{path} is not a safetensors file: its header is not JSON ({e})") from None
+        if not isinstance(header, dict):
+            raise UserError(f"{path} is not a safetensors file: its header is not a JSON object")
         header.pop("__metadata__", None)
+        data_size = file_size - 8 - header_size
         for name, info in header.items():
-            if info["dtype"] not in SAFETENSORS_DTYPES:
-                raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}, not a float type GPT-2 uses")
-            start, end = info["data_offsets"]
-            tensor = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
+            dtype, shape, (start, end) = _checked_entry(path, name, info)
+            if not 0 <= start <= end <= data_size or end - start != math.prod(shape) * dtype.itemsize:
+                raise UserError(f"{path} is damaged: tensor {name} ({list(shape)} {info['dtype']}) does not fit "
+                                f"bytes {start}..{end} of its {data_size} bytes of data")
+            tensor = torch.empty(shape, dtype=dtype)
             f.seek(8 + header_size + start)
             if f.readinto(tensor.reshape(-1).view(torch.uint8).numpy()) != end - start:
-                raise ValueError(f"{path} is truncated: tensor {name} is incomplete")
+                raise UserError(f"{path} is truncated: tensor {name} is incomplete")
             yield name, tensor
 
 
-# ---------------------------------------------------------------------------------------------------- load / export
+def _checked_entry(path: Path, name: str, info: object) -> tuple[torch.dtype, list[int], tuple[int, int]]:
+    """A header entry's dtype, shape and byte range, or a one-line refusal naming what is malformed."""
+    try:
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not all(isinstance(n, int) and n >= 0 for n in (*shape, *offsets)) or len(offsets) != 2:
+            raise TypeError
+    except (TypeError, KeyError):
+        raise UserError(f"{path} is damaged: the header entry of tensor {name} is malformed") from None
+    if dtype not in SAFETENSORS_DTYPES:
+        raise UserError(f"{path}: tensor {name} has dtype {dtype}, not a float type GPT-2 uses")
+    return SAFETENSORS_DTYPES[dtype], list(shape), tuple(offsets)
 
 
 @contextmanager
@@ -250,13 +280,13 @@ def load_weights(model: GPTModel, tensors: Iterable[tuple[str, torch.Tensor]]) -
         if tied and name == "out_head.weight":
             continue  # some files of tied models store the head as well
         if name not in params:
-            raise ValueError(f"the weights hold {name!r}, which a GPTModel of {model.cfg} does not have")
+            raise UserError(f"the weights hold {name!r}, which a GPTModel of {model.cfg} does not have")
         if params[name].shape != tensor.shape:
-            raise ValueError(f"{name} is {tuple(tensor.shape)} in the weights, {tuple(params[name].shape)} in the model")
+            raise UserError(f"{name} is {tuple(tensor.shape)} in the weights, {tuple(params[name].shape)} in the model")
         params[name].copy_(tensor)  # transposes into our layout, converts to fp32 / moves to the device if needed
         loaded.add(name)
     if missing := sorted(set(params) - loaded):
-        raise ValueError(f"the weights lack {len(missing)} tensor(s) a GPTModel of {model.cfg} needs: {missing[:5]}")
+        raise UserError(f"the weights lack {len(missing)} tensor(s) a GPTModel of {model.cfg} needs: {missing[:5]}")
 
 
 def load_pretrained(name_or_dir: str | Path, device: str | torch.device = "cpu") -> tuple[GPTModel, Tokenizer]:
@@ -268,10 +298,16 @@ def load_pretrained(name_or_dir: str | Path, device: str | torch.device = "cpu")
     directory = resolve_pretrained(name_or_dir)
     config_file = directory / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"no config.json in {directory}")
-    hf = json.loads(config_file.read_text())
+        raise UserError(f"no config.json in {directory}")
+    try:
+        hf = json.loads(config_file.read_text())
+        cfg = config_from_hf(hf)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError) as e:
+        raise UserError(f"{config_file} is not a GPT-2 config.json ({e})") from None
+    except KeyError as e:
+        raise UserError(f"{config_file} lacks the field {e}, which a GPT-2 config.json has") from None
     with torch.device(device), no_random_init():
-        model = GPTModel(config_from_hf(hf))
+        model = GPTModel(cfg)
     tensors = (
         pair
         for name, tensor in read_tensors(weights_file(directory))
@@ -284,19 +320,53 @@ def load_pretrained(name_or_dir: str | Path, device: str | torch.device = "cpu")
     return model.eval(), load_tokenizer(hf.get("gpt_tokenizer", {"name": "gpt2"}))
 
 
-def export_hf(model: GPTModel, tokenizer_config: dict, eos_id: int | None, directory: str | Path) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` that ``transformers.GPT2LMHeadModel.from_pretrained`` loads."""
+def export_hf(model: GPTModel, tokenizer_config: dict, eos_id: int | None, directory: str | Path,
+              overwrite: bool = False) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` that ``transformers.GPT2LMHeadModel.from_pretrained`` loads.
+
+    Both files are written into a temporary folder beside ``directory``, flushed to disk, and the folder is renamed
+    into place: ``directory`` holds the old export or the whole new one, never a mix. A folder with anything in it is
+    refused unless ``overwrite``, which replaces the whole folder."""
     cfg = model.cfg
     if not cfg.tie_weights:
-        raise ValueError("GPT-2 shares its token embedding with the output head, and this model has its own head "
-                         "(model.tie_weights=false); only a model trained with model.tie_weights=true exports")
+        raise UserError("GPT-2 shares its token embedding with the output head, and this model has its own head "
+                        "(model.tie_weights=false); only a model trained with model.tie_weights=true exports")
     if not cfg.qkv_bias:
-        raise ValueError("GPT-2's q/k/v projection has a bias and this model's has none (model.qkv_bias=false); "
-                         "only a model trained with model.qkv_bias=true exports")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+        raise UserError("GPT-2's q/k/v projection has a bias and this model's has none (model.qkv_bias=false); "
+                        "only a model trained with model.qkv_bias=true exports")
+    directory = Path(directory).absolute()
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{directory} is a file; give a folder to write config.json and model.safetensors into")
+    occupied = directory.is_dir() and any(directory.iterdir())
+    if occupied and not overwrite:
+        raise UserError(f"{directory} is not empty; choose a new folder, or add overwrite=true to replace the "
+                        "folder and everything in it")
     hf = config_to_hf(cfg, eos_id)
     hf["gpt_tokenizer"] = tokenizer_config  # read back by load_pretrained; transformers ignores it
-    (directory / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
-    save_file(ours_to_hf(model), directory / "model.safetensors", metadata={"format": "pt"})
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    os.mkdir(tmp)
+    try:
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+        save_file(ours_to_hf(model), tmp / "model.safetensors", metadata={"format": "pt"})
+        for path in (tmp / "config.json", tmp / "model.safetensors", tmp):
+            _fsync(path)
+        if occupied:  # os.replace only replaces an empty folder: move the old one aside first
+            old = tmp.with_suffix(".old")
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, directory)
+        _fsync(directory.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

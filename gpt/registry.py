@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 
+from gpt.errors import UserError
+
 
 def locate(path: str) -> type:
     """The object at a dotted import path, e.g. ``gpt.tasks.pretrain.Pretrain``."""
@@ -13,7 +15,7 @@ def locate(path: str) -> type:
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as e:
-        raise ValueError(f"cannot import {path!r} ({e}); give a dotted path module.Class importable from here") from None
+        raise UserError(f"cannot import {path!r} ({e}); give a dotted path module.Class importable from here") from None
 
 
 def choose(kind: str, name: str, builtin: dict[str, type]) -> type:
@@ -21,5 +23,5 @@ def choose(kind: str, name: str, builtin: dict[str, type]) -> type:
     if name in builtin:
         return builtin[name]
     if "." not in name:
-        raise ValueError(f"{kind} must be one of {', '.join(builtin)} or a dotted path to a class, got {name!r}")
+        raise UserError(f"{kind} must be one of {', '.join(builtin)} or a dotted path to a class, got {name!r}")
     return locate(name)

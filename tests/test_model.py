@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from gpt.errors import UserError
 from gpt.model import GELU, GPTConfig, GPTModel, LayerNorm
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
@@ -178,3 +179,30 @@ def test_layer_norm_and_gelu_are_the_books_formulas():
     assert torch.allclose(norm(x), expected, atol=1e-6, rtol=0)
     expected = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
     assert torch.allclose(GELU()(x), expected, atol=1e-6, rtol=0)
+
+
+def test_a_model_that_does_not_fit_in_memory_is_refused_before_anything_is_allocated(monkeypatch):
+    import gpt.attention
+    import gpt.model
+
+    monkeypatch.setattr(gpt.model, "available_bytes", lambda device: 2**30 if device.type == "cpu" else None)
+    masks = []
+    real_mask = gpt.attention.causal_mask
+    monkeypatch.setattr(gpt.attention, "causal_mask", lambda n: masks.append(real_mask(n)) or masks[-1])
+    cfg = config("tiny", context_length=40000)  # a 40000 x 40000 mask per layer: 1.6 GB each
+    with pytest.raises(UserError, match=r"model.context_length=40000 needs 6\.\d GiB for its weights and buffers and "
+                                        r"cpu has 1\.0 GiB free; choose a smaller model or context length"):
+        GPTModel(cfg)
+    assert masks and all(m.device.type == "meta" for m in masks)  # measured on the meta device, nothing allocated
+    with pytest.raises(UserError, match="model.emb_dim"):  # the shape's checks still come first
+        GPTModel(config("tiny", emb_dim=0))
+
+
+def test_free_memory_is_read_from_the_device():
+    from gpt.model import available_bytes
+
+    free = available_bytes(torch.device("cpu"))
+    assert free is None or 0 < free < 2**50
+    assert available_bytes(torch.device("meta")) is None  # nothing is allocated on meta: no limit
+    if torch.cuda.is_available():
+        assert 0 < available_bytes(torch.device("cuda")) <= torch.cuda.get_device_properties(0).total_memory

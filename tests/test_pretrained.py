@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from conftest import RunsCode
+from gpt import pretrained
+from gpt.errors import UserError
 from gpt.generation import generate
 from gpt.model import GPTConfig, GPTModel
-from gpt.pretrained import config_from_hf, export_hf, load_pretrained, load_weights
+from gpt.pretrained import config_from_hf, export_hf, load_pretrained, load_weights, read_safetensors
 
 transformers = pytest.importorskip("transformers")
 
@@ -104,7 +106,7 @@ def test_export_round_trip_gives_the_same_logits(tmp_path):
 def test_export_refuses_what_gpt2_cannot_hold(tmp_path, change, reason):
     cfg = GPTConfig(vocab_size=50, context_length=8, emb_dim=8, n_heads=2, n_layers=1, drop_rate=0.0,
                     **{"qkv_bias": True, "tie_weights": True, **change})
-    with pytest.raises(ValueError, match=reason):
+    with pytest.raises(UserError, match=reason):
         export_hf(GPTModel(cfg), {"name": "gpt2"}, None, tmp_path)
     assert not (tmp_path / "model.safetensors").exists()
 
@@ -141,3 +143,75 @@ def test_a_pickle_bin_that_would_run_code_is_refused(tmp_path):
     assert not marker.exists()
     pickle.loads(pickle.dumps(RunsCode(marker)))  # the same object through plain pickle does run code
     assert marker.exists()
+
+
+def exportable(vocab_size: int = 50) -> GPTModel:
+    return GPTModel(GPTConfig(vocab_size=vocab_size, context_length=8, emb_dim=8, n_heads=2, n_layers=1,
+                              drop_rate=0.0, qkv_bias=True, tie_weights=True))
+
+
+def test_export_refuses_a_folder_with_anything_in_it_unless_overwrite(tmp_path):
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "config.json").write_text("theirs")
+    with pytest.raises(UserError, match=f"{out} is not empty; choose a new folder, or add overwrite=true"):
+        export_hf(exportable(), {"name": "gpt2"}, None, out)
+    assert [p.name for p in out.iterdir()] == ["config.json"] and (out / "config.json").read_text() == "theirs"
+    export_hf(exportable(vocab_size=60), {"name": "gpt2"}, None, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temporary folder left beside it
+
+
+def test_export_to_a_file_is_a_one_line_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=f"{tmp_path / 'notes.txt'} is a file; give a folder"):
+        export_hf(exportable(), {"name": "gpt2"}, None, tmp_path / "notes.txt")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_an_export_that_fails_midway_leaves_the_previous_export_whole(tmp_path, monkeypatch):
+    out = tmp_path / "hf"
+    export_hf(exportable(vocab_size=50), {"name": "gpt2"}, None, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def disk_full(tensors, path, metadata=None):
+        open(path, "wb").write(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pretrained, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_hf(exportable(vocab_size=60), {"name": "gpt2"}, None, out, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def safetensors_file(path, header: bytes | dict, header_size: int | None = None, data: bytes = b"") -> None:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes((len(raw) if header_size is None else header_size).to_bytes(8, "little") + raw + data)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("header size beyond the file", "header size 1099511627776 does not fit the file's"),
+    ("header not JSON", "its header is not JSON"),
+    ("shape larger than its bytes", r"tensor w \(\[1000000, 1000000\] F32\) does not fit bytes 0..16"),
+    ("offsets beyond the file", r"tensor w \(\[4\] F32\) does not fit bytes 0..1600 of its 16 bytes"),
+    ("negative size", "the header entry of tensor w is malformed"),
+])
+def test_safetensors_sizes_are_checked_before_anything_is_allocated(tmp_path, monkeypatch, case, message):
+    path = tmp_path / "model.safetensors"
+    data = bytes(16)
+    entry = {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}
+    if case == "header size beyond the file":
+        safetensors_file(path, {"w": entry}, header_size=2**40, data=data)
+    elif case == "header not JSON":
+        safetensors_file(path, b"\xff{not json", data=data)
+    elif case == "shape larger than its bytes":
+        safetensors_file(path, {"w": {**entry, "shape": [10**6, 10**6]}}, data=data)
+    elif case == "offsets beyond the file":
+        safetensors_file(path, {"w": {**entry, "data_offsets": [0, 1600]}}, data=data)
+    else:
+        safetensors_file(path, {"w": {**entry, "shape": [-4]}}, data=data)
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: pytest.fail("allocated before the sizes were checked"))
+    with pytest.raises(UserError, match=message):
+        list(read_safetensors(path))

@@ -3,10 +3,12 @@
 Most bad inputs are refused before Lightning is imported (a few seconds each); the resume test runs train.py
 three times on a tiny model (about a minute)."""
 
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,8 +153,33 @@ def test_a_truncated_checkpoint_is_refused_naming_it_and_the_last_good_one(tmp_p
     good, bad = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
     atomic_save({"w": torch.ones(1000)}, good)
     bad.write_bytes(good.read_bytes()[:500])
-    with pytest.raises(CheckpointError, match=f"checkpoint {bad} is truncated or corrupt .*the last good .* is {good}"):
+    message = f"checkpoint {bad} is damaged: truncated or corrupt .*the last good .* is {good}"
+    with pytest.raises(CheckpointError, match=message):
         read_checkpoint(bad)
+
+
+def test_a_checkpoint_that_cannot_be_read_names_the_real_cause(tmp_path, monkeypatch):
+    good = tmp_path / "last.ckpt"
+    atomic_save({"w": torch.ones(3)}, good)
+    with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path / 'nope.ckpt'} does not exist"):
+        read_checkpoint(tmp_path / "nope.ckpt")
+    with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path} is not a file"):
+        read_checkpoint(tmp_path)
+    if not torch.cuda.is_available():
+        message = f"cannot load checkpoint {good}: device=cuda asks for a CUDA GPU and this machine has none"
+        with pytest.raises(CheckpointError, match=message):
+            read_checkpoint(good, map_location="cuda")
+    real_open = Path.open
+
+    def denied(self, *args, **kwargs):  # chmod cannot deny root, who runs these tests in CI containers
+        if self == good:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(CheckpointError, match=f"cannot read checkpoint {good}: Permission denied") as e:
+        read_checkpoint(good)
+    assert "truncated" not in str(e.value) and "last good" not in str(e.value)
 
 
 # ---------------------------------------------------------------- bad input: one line, exit 1, nothing written
@@ -180,6 +207,8 @@ BAD_TRAIN = {
     "unknown trainer": (["trainer=tpu"], "unknown trainer config 'tpu'; choose one of: cpu, ddp, ddp_cpu, fsdp, gpu"),
     "emb_dim % n_heads": (["model.emb_dim=30", "model.n_heads=4"], "model.emb_dim=30 is not divisible by model.n_heads=4"),
     "max_length > context": (["data.max_length=999"], "data.max_length=999 is longer than model.context_length=32"),
+    # a 10^6 x 10^6 causal mask per layer: refused before it is allocated, on any host
+    "context beyond memory": (["model.context_length=1000000"], "with model.context_length=1000000 needs"),
     "stride": (["data.stride=0"], "data.stride must be positive, got 0"),
     "batch_size": (["data.batch_size=-2"], "data.batch_size must be positive, got -2"),
     "max_steps": (["trainer.max_steps=0"], "trainer.max_steps must be positive, got 0"),
@@ -192,7 +221,9 @@ BAD_TRAIN = {
 }
 
 
-@pytest.mark.parametrize("case", BAD_TRAIN)
+# train.py and gpt/data.py still raise ValueError for these; only gpt.errors.UserError is one line now. The lead
+# converts those raises while refactoring train.py; these cases then pass and their mark must go (strict).
+@pytest.mark.parametrize("case", list(BAD_TRAIN))
 def test_train_refuses_bad_input_in_one_line_and_writes_nothing(case, corpus, tmp_path):
     bad_files(tmp_path)
     args, message = BAD_TRAIN[case]
@@ -261,7 +292,11 @@ BAD_GENERATE = {
     "top_k > vocab": (["top_k=100000"], "top_k must be in 1..{vocab} (the vocabulary size) or null, got 100000"),
     "top_p 0": (["top_p=0"], "top_p must be in (0, 1] or null, got 0"),
     "missing checkpoint": (["ckpt={tmp}/nope.ckpt"], "checkpoint {tmp}/nope.ckpt does not exist"),
-    "truncated checkpoint": (["ckpt={tmp}/cut.ckpt"], "checkpoint {tmp}/cut.ckpt is truncated or corrupt"),
+    "truncated checkpoint": (["ckpt={tmp}/cut.ckpt"], "checkpoint {tmp}/cut.ckpt is damaged: truncated or corrupt"),
+    "prompt read as a number": (["prompt=2024"], "prompt=2024 was read as a int, not text; quote it: 'prompt=\"2024\"'"),
+    "temperature nan": (["temperature=nan"], "temperature must be >= 0 (0 = greedy), got nan"),
+    "top_k not an integer": (["top_k=2.5"], "top_k must be in 1..{vocab} (the vocabulary size) or null, got 2.5"),
+    "device it lacks": (["device=cuda:7"], "device=cuda:7 asks for a CUDA GPU"),
 }
 
 
@@ -273,3 +308,12 @@ def test_generate_refuses_bad_input_in_one_line(case, tiny_checkpoint, tmp_path)
     proc = run("generate.py", f"ckpt={ckpt}", "prompt=And God", *(a.format(tmp=tmp_path) for a in args))
     refused(proc, message.format(tmp=tmp_path, vocab=vocab))
     assert proc.stdout == ""  # not even the prompt was echoed
+
+
+def test_chat_reads_a_line_that_is_not_utf8_with_replacement_characters(tiny_checkpoint):
+    ckpt, _ = tiny_checkpoint
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}  # as in a UTF-8 locale; the C locale would escape
+    proc = subprocess.run([sys.executable, "generate.py", f"ckpt={ckpt}", "chat=true", "max_new_tokens=2"], cwd=ROOT,
+                          input=b"caf\xe9 au lait\nAnd God said\n/exit\n", capture_output=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout.decode().count("assistant> ") == 2 and proc.stdout.decode().endswith("bye\n")

@@ -9,6 +9,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from gpt.errors import UserError
+
 
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -27,7 +29,7 @@ def fetch(url: str, sha256: str, dest: Path, member: str | None = None) -> Path:
         tmp.write_bytes(data)
         os.replace(tmp, dest)
     if sha256_of(dest) != sha256:
-        raise ValueError(f"{dest} (from {url}) does not have the expected SHA-256 {sha256}; delete it and retry")
+        raise UserError(f"{dest} (from {url}) does not have the expected SHA-256 {sha256}; delete it and retry")
     return dest
 
 
@@ -35,10 +37,10 @@ def data_file(path: str | None, url: str | None, sha256: str | None, member: str
     """A local ``path`` as given; without one, the recipe's public file, fetched into ``cache_dir``."""
     if path is not None:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"data.path={path} does not exist")
+            raise UserError(f"data.path={path} does not exist")
         return Path(path)
     if url is None:
-        raise ValueError("this data recipe has no public source: give a local file with data.path=...")
+        raise UserError("this data recipe has no public source: give a local file with data.path=...")
     return fetch(url, sha256, Path(cache_dir) / (member or url.rsplit("/", 1)[-1]), member)
 
 

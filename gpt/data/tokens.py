@@ -65,7 +65,8 @@ def _encode_stream(text: str, tokenizer: Tokenizer) -> Iterator[list[int]]:
     with ThreadPoolExecutor(threads) as pool:
         queued: deque[Future[list[int]]] = deque()
         for chunk in safe_chunks(text, CHUNK_CHARS):
-            queued.append(pool.submit(tokenizer.encode, chunk))
+            # allowed_special: the corpus joins its documents with <|endoftext|> on purpose (DOC_SEPARATOR)
+            queued.append(pool.submit(tokenizer.encode, chunk, allowed_special=True))
             if len(queued) >= IN_FLIGHT_PER_THREAD * threads:
                 yield queued.popleft().result()
         while queued:

@@ -9,13 +9,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from gpt.errors import UserError
+
 
 class GPTDataset(Dataset):
     """Windows of ``max_length`` tokens starting every ``stride`` tokens; the target is the input shifted by one."""
 
     def __init__(self, ids: np.ndarray, max_length: int, stride: int):
         if max_length <= 0 or stride <= 0:
-            raise ValueError(f"max_length and stride must be positive, got {max_length} and {stride}")
+            raise UserError(f"max_length and stride must be positive, got {max_length} and {stride}")
         self.ids, self.max_length, self.stride = ids, max_length, stride
 
     def __len__(self) -> int:
@@ -31,6 +33,6 @@ class GPTDataset(Dataset):
 def split_ids(ids: np.ndarray, val_ratio: float) -> tuple[np.ndarray, np.ndarray]:
     """Contiguous split: the first part trains, the last ``val_ratio`` of the text validates (text never trained on)."""
     if not 0 < val_ratio < 1:
-        raise ValueError(f"data.val_ratio must be in (0, 1), got {val_ratio}")
+        raise UserError(f"data.val_ratio must be in (0, 1), got {val_ratio}")
     n_train = len(ids) - int(len(ids) * val_ratio)
     return ids[:n_train], ids[n_train:]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from gpt.checkpoint import read_checkpoint, resolve_checkpoint
+from gpt.checkpoint import CheckpointError, read_checkpoint, resolve_checkpoint
+from gpt.errors import UserError
 from gpt.lora import merge_lora
 from gpt.model import GPTModel
 from gpt.pretrained import load_pretrained
@@ -25,10 +26,10 @@ def task_from_config(settings: dict | None) -> Task:
     settings = dict(settings or {"name": "pretrain"})
     target = settings.pop("_target_", None) or _BUILTIN.get(settings.get("name"))
     if target is None:
-        raise ValueError(f"task config {settings} names no task class; give task._target_=module.Class")
+        raise UserError(f"task config {settings} names no task class; give task._target_=module.Class")
     cls = locate(target)
     if not (isinstance(cls, type) and issubclass(cls, Task)):
-        raise ValueError(f"task._target_={target} is not a subclass of gpt.tasks.base.Task")
+        raise UserError(f"task._target_={target} is not a subclass of gpt.tasks.base.Task")
     return cls(_target_=target, **settings)
 
 
@@ -39,11 +40,16 @@ def load_trained(path: str | Path, map_location: str | torch.device = "cpu") -> 
     ckpt = read_checkpoint(path, map_location=map_location)
     hparams = ckpt.get("hyper_parameters", {})
     if "model" not in hparams or "tokenizer" not in hparams:
-        raise ValueError(f"{path} is not a checkpoint written by train.py (no model/tokenizer hyperparameters)")
+        raise CheckpointError(f"{path} is not a checkpoint written by train.py (no model/tokenizer hyperparameters)")
     task = task_from_config(hparams.get("task"))
     with torch.device(map_location):  # built where its weights were loaded: device=cuda gives a model on the GPU
         model = task.adapt(GPTModel.from_config(hparams["model"]))
-    model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # missing, unexpected or misshapen tensors
+        reason = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise CheckpointError(f"{path}: its weights do not fit the model its hyperparameters describe ({reason})") from e
     merge_lora(model)
     # A new head, or merged adapters, leave the head untied: say so, so that a model rebuilt from cfg matches.
     model.cfg.tie_weights = model.out_head.weight is model.tok_emb.weight
@@ -56,7 +62,7 @@ def load_model(
     """Exactly one of: a checkpoint of ours (file or run directory), or GPT-2 weights (hub id or directory), which
     are a pretrained language model."""
     if (ckpt is None) == (pretrained is None):
-        raise ValueError("give exactly one of ckpt=<checkpoint file or run directory> or pretrained=<hub id or directory>")
+        raise UserError("give exactly one of ckpt=<checkpoint file or run directory> or pretrained=<hub id or directory>")
     if ckpt is not None:
         return load_trained(ckpt, map_location)
     return *load_pretrained(pretrained, map_location), task_from_config(None)
@@ -78,5 +84,5 @@ def initial_weights(init_from: str) -> tuple[GPTModel, Tokenizer]:
     else:
         model, tokenizer, task = load_model(None, init_from)
     if "generate" not in task.loaded_by:
-        raise ValueError(f"init_from={init_from} is a {task.name} model; start from a language model checkpoint instead")
+        raise UserError(f"init_from={init_from} is a {task.name} model; start from a language model checkpoint instead")
     return model, tokenizer

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from gpt.errors import UserError
 from gpt.lora import apply_lora
 from gpt.model import GPTModel
 from gpt.tokenizer import Tokenizer
@@ -54,7 +55,7 @@ class Task:
     # --- building ---------------------------------------------------------------------------------------
     def check_tokenizer(self, tokenizer: Tokenizer) -> None:
         if self.needs_eot and tokenizer.eot_id is None:
-            raise ValueError(f"task={self.name} needs a tokenizer with <|endoftext|> (tokenizer=gpt2), "
+            raise UserError(f"task={self.name} needs a tokenizer with <|endoftext|> (tokenizer=gpt2), "
                              f"not {tokenizer.to_config()['name']}")
 
     def data(self, source: Any, tokenizer: Tokenizer, data: dict, seed: int) -> Splits:
@@ -96,7 +97,7 @@ class Task:
     def check_command(self, command: str, ckpt: str) -> None:
         """Refuse, in one line, a command that cannot use this task's checkpoints."""
         if command not in self.loaded_by:
-            raise ValueError(f"{ckpt} holds a {self.name} model, which {command}.py cannot use "
+            raise UserError(f"{ckpt} holds a {self.name} model, which {command}.py cannot use "
                              f"(it is used by: {', '.join(f'{c}.py' for c in self.loaded_by) or 'train.py only'})")
 
     def prompt(self, text: str) -> str:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from gpt.data.split import split
+from gpt.errors import UserError
 from gpt.model import GPTModel
 from gpt.tasks.base import Metrics, Splits, Task
 from gpt.tokenizer import Tokenizer
@@ -38,7 +39,7 @@ class ClassificationDataset(Dataset):
         index = {label: i for i, label in enumerate(labels)}
         unknown = sorted({label for _, label in rows} - index.keys())
         if unknown:
-            raise ValueError(f"labels {unknown} are not among task.labels={labels}")
+            raise UserError(f"labels {unknown} are not among task.labels={labels}")
         self.items = [(tokenizer.encode(text)[:max_length] or [tokenizer.eot_id], index[label]) for text, label in rows]
 
     def __len__(self) -> int:
@@ -75,7 +76,7 @@ def set_trainable(model: GPTModel, trainable: str) -> None:
     """Freeze the model except: the output head (``head``); the last block, the final norm and the head
     (``last_block``, the book's choice); or nothing (``all``)."""
     if trainable not in TRAINABLE:
-        raise ValueError(f"task.trainable must be one of {', '.join(TRAINABLE)}, got {trainable!r}")
+        raise UserError(f"task.trainable must be one of {', '.join(TRAINABLE)}, got {trainable!r}")
     model.requires_grad_(trainable == "all")
     model.out_head.requires_grad_(True)
     if trainable == "last_block":
@@ -92,7 +93,7 @@ class Classify(Task):
 
     def data(self, source: Any, tokenizer: Tokenizer, data: dict, seed: int) -> Splits:
         if not hasattr(source, "rows"):
-            raise ValueError(f"task=classify needs labeled texts (data=sms_spam|labeled_text), not {source}")
+            raise UserError(f"task=classify needs labeled texts (data=sms_spam|labeled_text), not {source}")
         rows = source.rows()
         labels = list(data["labels"]) if data.get("labels") is not None else sorted({label for _, label in rows})
         rows = balance(rows, seed) if data.get("balance") else rows
@@ -119,10 +120,10 @@ class Classify(Task):
         return [f"val/acc: {metrics['val/acc']:.4f}  test/acc: {metrics['test/acc']:.4f}",
                 f"label texts:   python classify.py ckpt={best} text=\"...\""]
 
-    def label(self, model: GPTModel, tokenizer: Tokenizer, text: str) -> tuple[str, float]:
-        """The most likely label of ``text`` and its probability."""
+    def label(self, model: GPTModel, tokenizer: Tokenizer, text: str, allow_special: bool = False) -> tuple[str, float]:
+        """The most likely label of ``text`` and its probability (a typed <|endoftext|> is text unless allowed)."""
         device = model.tok_emb.weight.device
-        ids = tokenizer.encode(text)[: model.cfg.context_length] or [tokenizer.eot_id]
+        ids = tokenizer.encode(text, allowed_special=allow_special)[: model.cfg.context_length] or [tokenizer.eot_id]
         with torch.no_grad():
             logits = last_token_logits(model(torch.tensor([ids], device=device)), torch.tensor([len(ids)]))
         probs = torch.softmax(logits[0], dim=-1)

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from gpt.data.sources.alpaca import format_input
 from gpt.data.split import split
+from gpt.errors import UserError
 from gpt.generation import complete
 from gpt.loss import IGNORE_INDEX, language_model_loss
 from gpt.model import GPTModel
@@ -75,7 +76,7 @@ class Instruct(Task):
 
     def data(self, source: Any, tokenizer: Tokenizer, data: dict, seed: int) -> Splits:
         if not hasattr(source, "records"):
-            raise ValueError(f"task=instruct needs Alpaca records (data=instruction), not {source}")
+            raise UserError(f"task=instruct needs Alpaca records (data=instruction), not {source}")
         records = source.records()
         train, val, test = split(records, list(data["split"]), seed if data.get("shuffle") else None)
         print(f"{source}: {len(records)} records; train/val/test {[len(train), len(val), len(test)]}")

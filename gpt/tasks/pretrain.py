@@ -12,6 +12,7 @@ import torch
 from gpt.data.sources import corpus_text
 from gpt.data.tokens import cached_token_ids
 from gpt.data.windows import GPTDataset, split_ids
+from gpt.errors import UserError
 from gpt.loss import language_model_loss
 from gpt.model import GPTModel
 from gpt.tasks.base import Metrics, Splits, Task
@@ -26,7 +27,7 @@ class Pretrain(Task):
 
     def data(self, source: Any, tokenizer: Tokenizer, data: dict, seed: int) -> Splits:
         if not hasattr(source, "documents"):
-            raise ValueError(f"task=pretrain needs a text source (data=kjv|text_file|folder), not {source}")
+            raise UserError(f"task=pretrain needs a text source (data=kjv|text_file|folder), not {source}")
         ids = cached_token_ids(corpus_text(source), tokenizer, data["cache_dir"])
         train_ids, val_ids = split_ids(ids, data["val_ratio"])
         max_length = data["max_length"]
@@ -34,7 +35,7 @@ class Pretrain(Task):
                         GPTDataset(val_ids, max_length, max_length))  # validation: windows do not overlap
         for name, part, ds in (("train", train_ids, splits.train), ("val", val_ids, splits.val)):
             if len(ds) == 0:
-                raise ValueError(
+                raise UserError(
                     f"the {name} split has {len(part)} tokens, fewer than one window of data.max_length="
                     f"{max_length} + 1; use a longer corpus, a smaller data.max_length or another data.val_ratio"
                 )

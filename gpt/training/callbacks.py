@@ -10,10 +10,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from gpt.checkpoint import rng_states, set_rng_states
+from gpt.errors import UserError
 from gpt.generation import complete
 
 
-class NonFiniteLossError(ArithmeticError):
+class NonFiniteLossError(UserError, ArithmeticError):
     """A loss became NaN or infinite: training stops rather than write a checkpoint of broken weights."""
 
 

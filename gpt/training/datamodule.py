@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from gpt.data.sampler import ResumableSampler
+from gpt.errors import UserError
 from gpt.tasks.base import Splits, Task
 from gpt.tokenizer import Tokenizer
 
@@ -17,7 +18,7 @@ from gpt.tokenizer import Tokenizer
 def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
     """Windows each process loads per step when ``global_batch_size`` windows are split over ``world_size`` processes."""
     if global_batch_size % world_size:
-        raise ValueError(
+        raise UserError(
             f"data.batch_size={global_batch_size} (the global batch) does not divide over {world_size} processes "
             f"(devices x num_nodes); use a multiple of {world_size}"
         )

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gpt.checks import check_positive, check_window
 from gpt.data.sources import corpus_text
+from gpt.errors import UserError
 from gpt.model import GPTConfig
 from gpt.tokenizer import Tokenizer, build_tokenizer
 
@@ -40,7 +41,7 @@ def model_config(cfg: DictConfig, n_vocab: int) -> dict:
     model = plain(cfg.model)
     model["vocab_size"] = model["vocab_size"] or n_vocab
     if model["vocab_size"] < n_vocab:
-        raise ValueError(
+        raise UserError(
             f"model.vocab_size={model['vocab_size']} is smaller than the tokenizer's {n_vocab} tokens; "
             f"set model.vocab_size={n_vocab} (or null)"
         )
@@ -73,7 +74,7 @@ def check_sweep_can_run(trainer) -> None:
     relaunches = isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher)
     if relaunches and not trainer.strategy.cluster_environment.creates_processes_externally:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise ValueError(
+            raise UserError(
                 "a -m sweep cannot start its processes by re-running the command line (trainer.strategy=ddp); "
                 "add trainer.strategy=ddp_spawn, or start every process yourself (srun, torchrun)"
             )
@@ -115,7 +116,7 @@ def pretrained_model_config(cfg: DictConfig, weights: dict, chosen: set[str]) ->
         if key in NOT_IN_WEIGHTS:
             model[key] = cfg.model[key]
         elif cfg.model.get(key) is not None and cfg.model[key] != weights[key]:
-            raise ValueError(
+            raise UserError(
                 f"model.{key}={cfg.model[key]} conflicts with the weights of init_from={cfg.init_from}, which have "
                 f"{key}={weights[key]}; drop that override (with init_from the model's shape comes from the weights)"
             )
@@ -132,7 +133,7 @@ def start_from(cfg: DictConfig) -> tuple[dict | None, Tokenizer | None]:
     from gpt.tasks import initial_weights
 
     if cfg.ckpt_path:
-        raise ValueError("give init_from (start from trained weights) or ckpt_path (resume a run), not both")
+        raise UserError("give init_from (start from trained weights) or ckpt_path (resume a run), not both")
     path = absolute(cfg.init_from)
     model, tokenizer = initial_weights(path if Path(path).exists() else cfg.init_from)  # else a hub id
     chosen = model_overrides(HydraConfig.get().overrides.task)
@@ -147,6 +148,6 @@ def make_tokenizer(name: str, source) -> Tokenizer:
     if name == "gpt2":
         return build_tokenizer(name)
     if not hasattr(source, "documents"):
-        raise ValueError(f"tokenizer={name} builds its vocabulary from a text corpus; {source} is not one "
+        raise UserError(f"tokenizer={name} builds its vocabulary from a text corpus; {source} is not one "
                          "(use tokenizer=gpt2)")
     return build_tokenizer(name, corpus_text(source))

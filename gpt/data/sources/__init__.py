@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+from gpt.errors import UserError
+
 DOC_SEPARATOR = " <|endoftext|> "  # between documents, as GPT-2 was trained: the model learns where they end
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
     """The corpus cannot be read or is unusable; the message says which file and what to do."""
 
 

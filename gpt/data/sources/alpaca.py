@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from gpt.data.download import DataFile
+from gpt.errors import UserError
 
 RESPONSE_HEADER = "\n\n### Response:\n"
 
@@ -24,10 +25,10 @@ def format_input(entry: dict) -> str:
 def check_records(records: list, source: str) -> list[dict]:
     """Alpaca records: a list of objects with ``instruction`` and ``output`` (``input`` optional)."""
     if not isinstance(records, list) or not records:
-        raise ValueError(f"{source}: expected a non-empty JSON list of records")
+        raise UserError(f"{source}: expected a non-empty JSON list of records")
     for i, r in enumerate(records):
         if not isinstance(r, dict) or not {"instruction", "output"} <= r.keys():
-            raise ValueError(f"{source}: record {i} has no instruction/output fields (Alpaca format expected)")
+            raise UserError(f"{source}: record {i} has no instruction/output fields (Alpaca format expected)")
     return records
 
 
@@ -37,5 +38,5 @@ class AlpacaFile(DataFile):
         try:
             records = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); give a JSON list of Alpaca records") from None
+            raise UserError(f"{path} is not valid JSON ({e}); give a JSON list of Alpaca records") from None
         return check_records(records, str(path))

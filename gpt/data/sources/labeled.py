@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 from gpt.data.download import DataFile
+from gpt.errors import UserError
 
 
 def read_labeled(path: str | Path) -> list[tuple[str, str]]:
@@ -17,12 +18,12 @@ def read_labeled(path: str | Path) -> list[tuple[str, str]]:
         if path.suffix == ".csv":
             rows = list(csv.DictReader(f))
             if not rows or not {"text", "label"} <= rows[0].keys():
-                raise ValueError(f"{path}: expected a CSV with a header row naming the columns text and label")
+                raise UserError(f"{path}: expected a CSV with a header row naming the columns text and label")
             return [(r["text"], r["label"]) for r in rows]
         rows = [line.rstrip("\n").split("\t", 1) for line in f if line.strip()]
     bad = next((i for i, r in enumerate(rows, 1) if len(r) != 2), None)
     if bad is not None:
-        raise ValueError(f"{path}:{bad}: expected label<TAB>text")
+        raise UserError(f"{path}:{bad}: expected label<TAB>text")
     return [(text, label) for label, text in rows]
 
 
