@@ -20,11 +20,14 @@ def run(cfg: DictConfig) -> None:
     from gpt.checkpoint import load_model
     from gpt.corpus import load_corpus
     from gpt.evaluation import mean_next_token_loss
+    from gpt.quantize import check_dtype, for_decoding
 
+    check_dtype(cfg.dtype, cfg.device)
     ckpt = cfg.ckpt and hydra.utils.to_absolute_path(cfg.ckpt)
     model, tokenizer, task = load_model(ckpt, cfg.pretrained, map_location=cfg.device)
     if task["name"] == "classify":
         raise ValueError(f"{cfg.ckpt} is a classifier; evaluate.py scores language models")
+    model = for_decoding(model, cfg.dtype, cfg.device)  # the perplexity a sampler with this dtype= would see
     path = cfg.data.path and hydra.utils.to_absolute_path(cfg.data.path)
     text = load_corpus(cfg.data.source, path)
     ids = torch.tensor(tokenizer.encode(text), device=cfg.device)

@@ -22,15 +22,19 @@ def run(cfg: DictConfig) -> None:
     from gpt.checkpoint import load_model
     from gpt.finetune.instruction import format_input
     from gpt.generation import check_sampling, generate_tokens
+    from gpt.quantize import check_dtype, for_decoding, weight_bytes
 
     if cfg.max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {cfg.max_new_tokens}")
     if not cfg.chat and not cfg.prompt:
         raise ValueError('prompt is empty; give some text to continue, e.g. prompt="And God said"')
+    check_dtype(cfg.dtype, cfg.device)
     ckpt = cfg.ckpt and hydra.utils.to_absolute_path(cfg.ckpt)
     model, tokenizer, task = load_model(ckpt, cfg.pretrained, map_location=cfg.device)
     if task["name"] == "classify":
         raise ValueError(f"{cfg.ckpt} is a classifier: label texts with python classify.py ckpt={cfg.ckpt} text=...")
+    model = for_decoding(model, cfg.dtype, cfg.device)
+    print(f"[model: {weight_bytes(model) / 1e6:.1f} MB of weights in {cfg.dtype}]", file=sys.stderr)
     check_sampling(cfg.temperature, cfg.top_k, cfg.top_p, model.cfg.vocab_size)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)

@@ -47,7 +47,13 @@ def check_window(max_length: int, context_length: int) -> None:
 
 
 def trainer_arguments(cfg: DictConfig) -> dict:
-    """cfg.trainer as lightning.Trainer's arguments; a strategy given as a ``_target_`` (trainer=fsdp) becomes the object."""
+    """cfg.trainer as lightning.Trainer's arguments; a strategy given as a ``_target_`` (trainer=fsdp) becomes the object.
+    trainer.precision=auto becomes this machine's precision, in cfg too, so that speed's settings follow it."""
+    from gpt.hardware import resolve_precision
+
+    cfg.trainer.precision, why = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    if is_rank_zero():
+        print(f"precision: {cfg.trainer.precision} ({why})")
     args = OmegaConf.to_container(cfg.trainer, resolve=True)
     if isinstance(args.get("strategy"), dict):
         args["strategy"] = hydra.utils.instantiate(cfg.trainer.strategy)
