@@ -33,9 +33,9 @@ def run(cfg: DictConfig) -> None:
     model, tokenizer, task = load_model(ckpt, cfg.pretrained, map_location=cfg.device)
     if task["name"] == "classify":
         raise ValueError(f"{cfg.ckpt} is a classifier: label texts with python classify.py ckpt={cfg.ckpt} text=...")
+    check_sampling(cfg.temperature, cfg.top_k, cfg.top_p, model.cfg.vocab_size)
     model = for_decoding(model, cfg.dtype, cfg.device)
     print(f"[model: {weight_bytes(model) / 1e6:.1f} MB of weights in {cfg.dtype}]", file=sys.stderr)
-    check_sampling(cfg.temperature, cfg.top_k, cfg.top_p, model.cfg.vocab_size)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
     if cfg.chat:

@@ -47,15 +47,17 @@ def describe_cpu(model: str, flags: set[str]) -> str:
 def resolve_precision(precision: str, accelerator: str, flags: set[str] | None = None) -> tuple[str, str]:
     """(Lightning precision, why) for ``trainer.precision``; anything but "auto" is kept as given.
 
-    "auto" is bf16-mixed on a GPU, and on a CPU with native bf16; 32-true on any other CPU, where bf16 is emulated
-    and runs far slower than fp32 (about 20x on a Zen 3). Measured with bf16 autocast in the training loop: 2.1x
-    fp32 at gpt2-small on an Intel host with AMX, 1.3-1.4x at tiny and gpt2-small on a Zen 4 host with
-    AVX512-BF16 and no AMX (README, Performance).
+    "auto" is bf16-mixed on a GPU (16-mixed before Ampere), and on a CPU with native bf16; 32-true on any other
+    CPU, where bf16 is emulated and runs far slower than fp32 (about 20x on a Zen 3). Measured with bf16 autocast
+    in a plain training loop: 2.1x fp32 at gpt2-small on an Intel host with AMX; on a Zen 4 host with AVX512-BF16
+    and no AMX (a busy machine) 1.3x at tiny and 1.4x at gpt2-small, with one gpt2-small run at 0.8x.
     """
     if precision != "auto":
         return precision, "as set"
     gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if gpu:
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            return "16-mixed", "auto on a GPU without bf16 (older than Ampere)"
         return "bf16-mixed", "auto on a GPU"
     if flags is None:
         flags = cpu_info()[1]
