@@ -8,7 +8,8 @@ int8 with one scale per output row, each input quantized on the fly, products in
 measurement on a CPU: torchao's ``Int8WeightOnlyConfig`` (torchao 0.18) converts the whole int8 weight back to fp32
 at every call outside ``torch.compile``, and ran slower than fp32; its int8-activation config slower still. Only
 linear layers are quantized: the embedding table stays in fp32 (decoding reads one row of it per token), so a tied
-output head gets its own int8 copy.
+output head gets its own int8 copy. That copy costs bytes where the embedding is most of the model (a tiny model:
+6.5 MB in fp32, 8.1 MB in int8) and saves them where the blocks are (gpt2-small: 498 MB, 282 MB in int8).
 """
 
 from __future__ import annotations
