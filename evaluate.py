@@ -20,10 +20,14 @@ def run(cfg: DictConfig) -> None:
     from gpt.checks import check_vocab, check_window
     from gpt.data.sources import corpus_text
     from gpt.evaluation import mean_next_token_loss
+    from gpt.quantize import check_dtype, for_decoding
     from gpt.tasks import load_for
 
+    check_dtype(cfg.dtype, cfg.device)
     ckpt = cfg.ckpt and hydra.utils.to_absolute_path(cfg.ckpt)
+    check_dtype(cfg.dtype, cfg.device)
     model, tokenizer, task = load_for("evaluate", ckpt, cfg.pretrained, cfg.device)
+    model = for_decoding(model, cfg.dtype, cfg.device)  # the perplexity a sampler with this dtype= would see
     text = corpus_text(hydra.utils.instantiate(cfg.data.source))
     # A corpus joins its documents with <|endoftext|> on purpose (DOC_SEPARATOR): allowed here.
     ids = torch.tensor(tokenizer.encode(text, allowed_special=True), device=cfg.device)

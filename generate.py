@@ -23,6 +23,7 @@ def run(cfg: DictConfig) -> None:
     from gpt.chat import chat
     from gpt.checks import check_text, check_vocab
     from gpt.generation import check_sampling, generate_tokens
+    from gpt.quantize import check_dtype, for_decoding, weight_bytes
     from gpt.tasks import load_for
     from gpt.tokenizer import StreamDecoder
 
@@ -31,9 +32,12 @@ def run(cfg: DictConfig) -> None:
     prompt = check_text("prompt", cfg.prompt) if not cfg.chat else ""
     if not cfg.chat and not prompt:
         raise UserError('prompt is empty; give some text to continue, e.g. prompt="And God said"')
+    check_dtype(cfg.dtype, cfg.device)
     ckpt = cfg.ckpt and hydra.utils.to_absolute_path(cfg.ckpt)
     model, tokenizer, task = load_for("generate", ckpt, cfg.pretrained, cfg.device)
     check_sampling(cfg.temperature, cfg.top_k, cfg.top_p, model.cfg.vocab_size)
+    model = for_decoding(model, cfg.dtype, cfg.device)
+    print(f"[model: {weight_bytes(model) / 1e6:.1f} MB of weights in {cfg.dtype}]", file=sys.stderr)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
     if cfg.chat:

@@ -1,13 +1,22 @@
 """How fast this codebase trains, samples and tokenizes on the current machine, beside Hugging Face transformers.
 
-    python benchmarks/bench.py            # the full run (about 10 minutes on 2 cores)
-    python benchmarks/bench.py --quick    # fewer steps and tokens (a few minutes)
+    python benchmarks/bench.py            # the full run (about 30 minutes on 2 cores)
+    python benchmarks/bench.py --quick    # fewer steps and tokens, one round (a few minutes)
+    python benchmarks/bench.py --ckpt outputs/<run>   # also the quality of bf16 / int8 decoding on a trained model
     python benchmarks/bench.py --device cuda [--precision bf16-mixed|32-true] [--quick]   # on one GPU
 
 Each figure is measured in its own fresh process (so its peak RSS is its own) and is the median over several
-timed steps after a warm-up. Training uses the shapes of conf/model/tiny.yaml (batch 8 x 128) and
+timed steps after a warm-up. The processes compared in a table run interleaved (A, B, C, A, B, C, ...) for
+--rounds rounds (3; 1 with --quick): a table shows the median over the rounds and their range, so that the
+machine's drift lands on every row alike. Training uses the shapes of conf/model/tiny.yaml (batch 8 x 128) and
 conf/model/gpt2-small.yaml (batch 2 x 256), both with GPT-2's tied head and qkv biases so that our model and
-GPT2LMHeadModel are the same network; dropout is each config's. Not part of the test suite.
+GPT2LMHeadModel are the same network; dropout is each config's. HF runs twice: as configured by default (exact
+GELU, its cache built in training too) and "tuned" (GPT-2's gelu_pytorch_tanh, which is ours, and use_cache=False),
+so that the gap left is what our code does differently (mainly the chunked loss). Training also runs in bf16-mixed
+where the CPU has native bf16. Decoding runs our model in fp32, bf16 (native bf16 only) and int8 (gpt/quantize.py);
+with --ckpt a trained model also gives each dtype's perplexity on --text (a text it was not trained on) and how
+many of its first 50 greedy tokens match fp32's. MFU is against the theoretical peak (cores x FLOP/cycle x clock,
+FLOP/cycle from the CPU's flags); a figure above 80% is flagged as suspect. Not part of the test suite.
 
 On a GPU (--device cuda) training runs at realistic shapes (tiny 64 x 128, gpt2-small 16 x 1024; --quick: only
 gpt2-small) in --precision (default bf16-mixed: the Lightning path with trainer=gpu and that precision, the plain
@@ -60,10 +69,10 @@ def train_shapes(a) -> dict:
 
 
 def trainer_overrides(a) -> tuple[str, ...]:
-    """train.py's command-line overrides for a.device and a.precision (none for the CPU default)."""
+    """train.py's command-line overrides for a.device and a.precision (always explicit: speed's settings follow it)."""
     if a.device == "cuda":
         return "trainer=gpu", f"trainer.precision={a.precision}"
-    return () if a.precision == "32-true" else (f"trainer.precision={a.precision}",)
+    return (f"trainer.precision={a.precision}",)
 
 
 def device_sync(a):
@@ -101,13 +110,15 @@ def model_dict(shape: str) -> dict:
     return cfg | {"vocab_size": 50257, "qkv_bias": True, "tie_weights": True}  # GPT-2's own choices, as HF has them
 
 
-def hf_model(cfg: dict):
+def hf_model(cfg: dict, tuned: bool = False):
+    """GPT2LMHeadModel of our shape: HF's defaults, or tuned with GPT-2's own tanh GELU (which ours computes)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     return GPT2LMHeadModel(GPT2Config(
         vocab_size=cfg["vocab_size"], n_positions=cfg["context_length"], n_embd=cfg["emb_dim"],
         n_layer=cfg["n_layers"], n_head=cfg["n_heads"], resid_pdrop=cfg["drop_rate"], embd_pdrop=cfg["drop_rate"],
         attn_pdrop=cfg["drop_rate"], tie_word_embeddings=True,
+        **({"activation_function": "gelu_pytorch_tanh"} if tuned else {}),
     ))
 
 
@@ -243,11 +254,14 @@ def measure_train_plain(a) -> dict:
 
 
 def measure_train_hf(a) -> dict:
-    """GPT2LMHeadModel in the same plain loop (its default attention, full logits + cross-entropy)."""
+    """GPT2LMHeadModel in the same plain loop (its default attention, full logits + cross-entropy); a.impl "tuned":
+    with gelu_pytorch_tanh and use_cache=False."""
     import torch.nn.functional as F
 
-    model = hf_model(model_dict(a.shape)).to(a.device).train()
-    result = plain_loop(a, model, lambda x, y: F.cross_entropy(model(x).logits.flatten(0, 1), y.flatten()))
+    tuned = a.impl == "tuned"
+    model = hf_model(model_dict(a.shape), tuned).to(a.device).train()
+    kw = {"use_cache": False} if tuned else {}
+    result = plain_loop(a, model, lambda x, y: F.cross_entropy(model(x, **kw).logits.flatten(0, 1), y.flatten()))
     return result | ({"attn": model.config._attn_implementation} if a.device == "cuda" else {})
 
 
@@ -296,15 +310,18 @@ def measure_train_lightning(a) -> dict:
 
 def measure_generate(a) -> dict:
     """Greedy decoding of a.new_tokens tokens after a 16-token prompt, gpt2-small shape, random fp32 weights shared
-    by both libraries: naive (re-run the whole window each step), our KV cache, HF generate(use_cache=True)."""
+    by both libraries: naive (re-run the whole window each step), our KV cache (weights in a.dtype), HF
+    generate(use_cache=True) without an eos check, as ours."""
     import torch
 
     from gpt.generation import generate
     from gpt.model import GPTConfig, GPTModel
+    from gpt.quantize import for_decoding, weight_bytes
 
     torch.manual_seed(0)
     cfg = model_dict(GEN_SHAPE) | {"drop_rate": 0.0}
     ours = GPTModel(GPTConfig(**cfg)).to(a.device).eval()
+    weights = weight_bytes(ours)
     prompt = torch.randint(0, 50257, (a.batch, GEN_PROMPT)).to(a.device)
     n = a.new_tokens
     if a.impl == "naive":
@@ -319,20 +336,47 @@ def measure_generate(a) -> dict:
 
         run = lambda: generate(NoCache(), prompt, n, cfg["context_length"])  # noqa: E731
     elif a.impl == "ours":
+        ours = for_decoding(ours, a.dtype, a.device)
+        weights = weight_bytes(ours)
         run = lambda: generate(ours, prompt, n, cfg["context_length"])  # noqa: E731
     else:
         hf = hf_model(cfg).to(a.device).eval()
         hf.load_state_dict(hf_state_dict(ours), strict=False)
         with torch.no_grad():  # the mapping is right: both give the same logits
             assert torch.allclose(hf(prompt).logits, ours(prompt), atol=1e-4)
+        hf.generation_config.eos_token_id = None  # no eos check, as ours: every run makes n tokens
         run = lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,  # noqa: E731
-                                  min_new_tokens=n, do_sample=False, use_cache=True, pad_token_id=0)
+                                  do_sample=False, use_cache=True, pad_token_id=0)
     with torch.no_grad():
         times = timed_steps(run, 1, a.repeats, device_sync(a))
         out = run()
-    weight_bytes = sum(p.numel() for p in ours.parameters()) * 4
-    return {"s": statistics.median(times), "tokens": a.batch * n, "steps": n, "weight_bytes": weight_bytes,
-            "ids": out[0, GEN_PROMPT:].tolist()}
+    assert out.shape[1] == GEN_PROMPT + n
+    # Bytes a cached step reads: every weight, plus the keys and values of every earlier position in every layer.
+    kv_element = 2 if a.dtype == "bf16" else 4
+    kv = sum(2 * cfg["n_layers"] * a.batch * (GEN_PROMPT + i) * cfg["emb_dim"] * kv_element for i in range(n))
+    return {"s": statistics.median(times), "tokens": a.batch * n, "steps": n, "weight_bytes": weights,
+            "bytes": weights * n + kv, "ids": out[0, GEN_PROMPT:].tolist()}
+
+
+def measure_quality(a) -> dict:
+    """A trained model (a.ckpt) in each dtype: perplexity on a.text, and its first 50 greedy tokens after the
+    text's first 16 (compared with fp32's by the driver)."""
+    import math
+
+    import torch
+
+    from gpt.checkpoint import load_model
+    from gpt.evaluation import mean_next_token_loss
+    from gpt.generation import generate
+    from gpt.quantize import for_decoding
+
+    model, tokenizer, _ = load_model(a.ckpt, None)
+    model = for_decoding(model, a.dtype, a.device)
+    ids = torch.tensor(tokenizer.encode(Path(a.text).read_text(encoding="utf-8")))
+    ctx = model.cfg.context_length
+    loss, n_tokens = mean_next_token_loss(model, ids, ctx, 8)
+    greedy = generate(model, ids[None, :GEN_PROMPT], 50, ctx)[0, GEN_PROMPT:].tolist()
+    return {"perplexity": math.exp(loss), "tokens_scored": n_tokens, "greedy": greedy}
 
 
 def measure_data(a) -> dict:
@@ -340,14 +384,15 @@ def measure_data(a) -> dict:
     import numpy as np
 
     from gpt.data.sources.kjv import kjv_text
-    from gpt.data.tokens import cached_token_ids
+    from gpt.data.tokens import CHUNK_CHARS, cached_token_ids, safe_chunks
     from gpt.tokenizer import GPT2Tokenizer
 
     text, tokenizer = kjv_text(), GPT2Tokenizer()
     mb = len(text.encode("utf-8")) / 1e6
-    if a.impl == "raw":  # the text in 64K-character slices, encoded on tiktoken's threads; ids kept in memory
-        slices = [text[i : i + 65536] for i in range(0, len(text), 65536)]
-        times = timed_steps(lambda: tokenizer.encoding.encode_ordinary_batch(slices), 1, a.repeats)
+    if a.impl == "raw":  # our chunks, encoded on one tiktoken thread per core; ids kept in memory
+        chunks = list(safe_chunks(text, CHUNK_CHARS))
+        encode = lambda: tokenizer.encoding.encode_ordinary_batch(chunks, num_threads=os.cpu_count())  # noqa: E731
+        times = timed_steps(encode, 1, a.repeats)
         return {"mb_s": mb / statistics.median(times)}
     times = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -360,18 +405,19 @@ def measure_data(a) -> dict:
 
 
 MEASURES = {"peaks": measure_peaks, "train-plain": measure_train_plain, "train-hf": measure_train_hf,
-            "train-lightning": measure_train_lightning, "generate": measure_generate, "data": measure_data}
+            "train-lightning": measure_train_lightning, "generate": measure_generate, "data": measure_data,
+            "quality": measure_quality}
 
 
 # ---------------------------------------------------------------- the driver
 
 
-def run_one(a, what: str, **kw) -> dict:
-    """Run one measurement in a fresh python process; its result plus its peak RSS."""
+def run_one(a, what: str, **kw) -> dict | None:
+    """Run one measurement in a fresh python process; its result plus its peak RSS (None if it failed on a GPU)."""
     argv = [sys.executable, __file__, "--measure", what, "--threads", str(a.threads), "--steps", str(a.steps),
             "--repeats", str(a.repeats), "--new-tokens", str(a.new_tokens), "--device", a.device,
             "--precision", a.precision] + (["--quick"] if a.quick else [])
-    for k, v in kw.items():
+    for k, v in kw.items():  # later flags win: precision= here overrides a.precision
         argv += [f"--{k.replace('_', '-')}", str(v)]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
@@ -385,28 +431,82 @@ def run_one(a, what: str, **kw) -> dict:
     return result
 
 
+def interleaved(a, jobs: dict[str, tuple[str, dict]], rounds: int) -> dict[str, list[dict]]:
+    """Each job (name -> (measurement, its arguments)) run ``rounds`` times, the jobs taking turns (A, B, A, B, ...);
+    the results of every successful run, by job."""
+    results: dict[str, list[dict]] = {name: [] for name in jobs}
+    for _ in range(rounds):
+        for name, (what, kw) in jobs.items():
+            r = run_one(a, what, **kw)
+            if r is not None:
+                results[name].append(r)
+    return results
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """The median, and the range over the rounds when there is more than one: '123 (110-130)'."""
+    med = format(statistics.median(values), fmt)
+    return med if len(values) == 1 else f"{med} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
+def cpu_peak_gflops(flags: set[str], mhz: float, cores: int) -> dict[str, float]:
+    """Theoretical peaks, cores x FLOP/cycle x clock. FLOP/cycle per core from the flags, for two FMA units (2 FLOP
+    each per lane): 16 fp32 lanes with AVX-512, 8 with AVX2. bf16: 1,024 with AMX, twice fp32 with AVX512-BF16
+    dot products, else fp32's. An upper bound: a core that runs each 512-bit FMA as two halves (Zen 4) peaks at half
+    the AVX-512 figure, which this reading of the flags cannot tell."""
+    lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
+    fp32 = cores * 2 * 2 * lanes * mhz / 1e3
+    bf16 = cores * 1024 * mhz / 1e3 if "amx_bf16" in flags else 2 * fp32 if "avx512_bf16" in flags else fp32
+    return {"32-true": fp32, "bf16-mixed": bf16}
+
+
+def cpu_mhz() -> float:
+    """The clock /proc/cpuinfo reports (in a VM, the nominal one); 0 where unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return float(line.split(":")[1])
+    except OSError:
+        pass
+    return 0.0
+
+
+def mfu(value: float) -> str:
+    return f"{value:>4.0%}{'!' if value > 0.8 else ' '}"  # above 80%: suspect the peak, not the code
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
-                   help="3 steps, 2 repeats, 50 new tokens: a smoke run (cuda: 10 steps, 3 repeats, 100 new tokens)")
+                   help="3 steps, 2 repeats, 50 new tokens, 1 round: a smoke run (cuda: 10 steps, 3 repeats, 100 tokens)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
     p.add_argument("--steps", type=int, default=None, help="timed training steps per measurement (default 8)")
     p.add_argument("--repeats", type=int, default=None, help="repeats of each generation / data / peak timing (5)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved runs of each compared process (3)")
     p.add_argument("--new-tokens", type=int, default=None, help="tokens generated per prompt (200)")
-    p.add_argument("--only", default="train,generate,data", help="comma list of sections to run")
+    p.add_argument("--only", default="train,generate,data,quality", help="comma list of sections to run")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where training and generation run")
     p.add_argument("--precision", choices=("32-true", "bf16-mixed"), default=None,
-                   help="training precision (default: 32-true on cpu, bf16-mixed on cuda)")
+                   help="training precision (default: 32-true on cpu, plus bf16-mixed rows with native bf16; "
+                        "bf16-mixed on cuda)")
+    p.add_argument("--ckpt", help="a trained checkpoint (file or run directory): quality of bf16 / int8 decoding")
+    p.add_argument("--text", help="with --ckpt: the text its perplexity is measured on (one it was not trained on)")
     p.add_argument("--measure", help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
     p.add_argument("--impl", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
     a = p.parse_args()
     cuda = a.device == "cuda"
     a.precision = a.precision or ("bf16-mixed" if cuda else "32-true")
     a.steps = a.steps or ((10 if cuda else 3) if a.quick else (20 if cuda else 8))
     a.repeats = a.repeats or ((3 if cuda else 2) if a.quick else 5)
+    a.rounds = a.rounds or (1 if a.quick else 3)
     a.new_tokens = a.new_tokens or ((100 if cuda else 50) if a.quick else 200)
+    if a.ckpt and not a.measure:
+        if not a.text or not Path(a.text).is_file():
+            sys.exit("error: --ckpt needs --text <a text file the model was not trained on>")
+        a.ckpt, a.text = str(Path(a.ckpt).resolve()), str(Path(a.text).resolve())
 
     if a.measure:  # inside a measuring process
         import torch
@@ -421,86 +521,145 @@ def main() -> None:
 
     import torch
 
+    from gpt.hardware import cpu_info, describe_cpu, native_bf16
+
     sections = set(a.only.split(","))
     if cuda and not torch.cuda.is_available():
         sys.exit("error: --device cuda, but torch sees no CUDA device")
+    model_name, flags = cpu_info()
+    bf16_cpu = not cuda and native_bf16(flags) is not None
     where = f"cuda, precision {a.precision}" if cuda else f"{a.threads} threads, {os.cpu_count()} cores"
-    print(f"# bench: torch {torch.__version__}, {where}, "
-          f"steps={a.steps} repeats={a.repeats} new_tokens={a.new_tokens}{' (quick)' if a.quick else ''}")
+    print(f"# bench: torch {torch.__version__}, {where}, steps={a.steps} repeats={a.repeats} rounds={a.rounds} "
+          f"new_tokens={a.new_tokens}{' (quick)' if a.quick else ''}")
+    print(f"cpu: {describe_cpu(model_name, flags)}; {cpu_mhz():.0f} MHz")
     peaks = run_one(a, "peaks")
     if peaks is None:  # cuda only (a CPU failure exits): nothing to compare against
         sys.exit("error: the GPU peak measurement failed")
     if cuda:
         print(f"machine: {peaks['gpu']} (sm {peaks['capability']}): bf16 matmul peak {peaks['bf16_tflops']:.0f} "
               f"TFLOP/s, tf32 {peaks['tf32_tflops']:.0f} TFLOP/s (8192^3), copy bandwidth "
-              f"{peaks['copy_gbs']:.0f} GB/s (256 MB); MFU against the {'bf16' if a.precision == 'bf16-mixed' else 'tf32'} peak")
+              f"{peaks['copy_gbs']:.0f} GB/s (256 MB); MFU against the {'bf16' if a.precision == 'bf16-mixed' else 'tf32'}"
+              " matmul measured")
+        peak_gflops = {a.precision: peaks["matmul_gflops"]}
     else:
-        print(f"machine: fp32 matmul peak {peaks['matmul_gflops']:.0f} GFLOP/s (2048^3), "
-              f"copy bandwidth {peaks['copy_gbs']:.1f} GB/s, read bandwidth {peaks['read_gbs']:.1f} GB/s (256 MB)")
+        peak_gflops = cpu_peak_gflops(flags, cpu_mhz(), a.threads)
+        print(f"machine: fp32 matmul {peaks['matmul_gflops']:.0f} GFLOP/s measured (2048^3); theoretical peak "
+              f"{peak_gflops['32-true']:.0f} GFLOP/s fp32, {peak_gflops['bf16-mixed']:.0f} bf16 ({a.threads} cores x "
+              f"FLOP/cycle from the flags x clock; MFU is against it); read bandwidth {peaks['read_gbs']:.1f} GB/s, "
+              f"copy {peaks['copy_gbs']:.1f} GB/s (256 MB)")
     memory = (lambda r: f"{r['peak_gpu_mb']:>6.0f} MB") if cuda else (lambda r: f"{r['peak_rss_mb']:>6.0f} MB")
 
     if "train" in sections:
-        shapes = train_shapes(a)
-        if cuda:
-            print(f"\ntraining tokens/s ({a.precision}, median step, cuda)  tokens/s    vs HF   MFU   peak GPU mem")
-            print("  shapes (batch x tokens): " + ", ".join(f"{k} {B} x {T}" for k, (B, T) in shapes.items()))
-        else:
-            print("\ntraining tokens/s (fp32, median step)      tokens/s    vs HF   MFU   peak RSS")
-        for shape, (B, T) in shapes.items():
-            flops = train_flops_per_token(model_dict(shape), T)
-            rows = {impl: run_one(a, f"train-{impl}", shape=shape) for impl in ("lightning", "plain", "hf")}
-            hf = rows["hf"]
-            hf_tps = hf and hf["tokens"] / hf["step_s"]
-            for impl, label in (("lightning", "ours, Lightning (train.py path)"), ("plain", "ours, plain loop"),
-                                ("hf", "HF GPT2LMHeadModel, plain loop")):
-                r = rows[impl]
-                if r is None:
-                    print(f"  {shape:<10} {label:<33}   FAILED (its error is above)")
-                    continue
-                tps = r["tokens"] / r["step_s"]
-                mfu = tps * flops / (peaks["matmul_gflops"] * 1e9)
-                vs_hf = f"{tps / hf_tps:>5.2f}x" if hf_tps else "    ?x"
-                print(f"  {shape:<10} {label:<33} {tps:>8.0f}  {vs_hf}  {mfu:>4.0%}  {memory(r)}")
-            lit, pl = rows["lightning"], rows["plain"]
-            if lit and pl:
-                print(f"  {shape:<10} Lightning / plain loop: {pl['step_s'] / lit['step_s']:.3f}")
-            if cuda and hf:
-                print(f"  {shape:<10} HF attention: {hf['attn']}; step ms: " + ", ".join(
-                    f"{k} {r['step_s'] * 1e3:.1f}" for k, r in rows.items() if r))
-
+        train_section(a, peak_gflops, memory, bf16_cpu)
     if "generate" in sections:
-        print(f"\ngeneration, {GEN_SHAPE} shape, fp32, greedy, {a.new_tokens} new tokens after {GEN_PROMPT}"
-              f"        tokens/s   weights GB/s   {'peak GPU mem' if cuda else 'peak RSS'}")
-        for batch in (1, 8):
-            # naive at batch 8: many minutes on a CPU; on a GPU (one call, short of time) naive only without --quick
-            impls = ("naive", "ours", "hf") if batch == 1 and not (cuda and a.quick) else ("ours", "hf")
-            rows = {impl: run_one(a, "generate", impl=impl, batch=batch) for impl in impls}
-            for impl, label in (("naive", "naive re-forward"), ("ours", "ours, KV cache"),
-                                ("hf", "HF generate(use_cache=True)")):
-                if impl in rows:
-                    r = rows[impl]
-                    if r is None:
-                        print(f"  batch {batch}  {label:<30}   FAILED (its error is above)")
-                        continue
-                    gbs = r["weight_bytes"] * r["steps"] / r["s"] / 1e9  # the weights are read once per step
-                    print(f"  batch {batch}  {label:<30} {r['tokens'] / r['s']:>8.1f}   {gbs:>8.1f}     "
-                          f"{memory(r)}")
-            t = {k: r["tokens"] / r["s"] for k, r in rows.items() if r}
-            if "ours" in t and "hf" in t:
-                same = "same" if rows["ours"]["ids"] == rows["hf"]["ids"] else "DIFFERENT"
-                extra = f", cache / naive {t['ours'] / t['naive']:.1f}x" if "naive" in t else ""
-                print(f"  batch {batch}  ours / HF {t['ours'] / t['hf']:.2f}x{extra}; greedy tokens ours vs HF: {same}")
-        read = f", read {peaks['read_gbs']:.1f} GB/s" if "read_gbs" in peaks else ""
-        print(f"  (machine bandwidth: copy {peaks['copy_gbs']:.1f} GB/s{read})")
+        generate_section(a, peaks, memory, bf16_cpu)
+    if "data" in sections and not cuda:
+        data_section(a)
+    if "quality" in sections and a.ckpt:
+        quality_section(a, bf16_cpu)
 
-    if "data" in sections:
-        ours, raw = run_one(a, "data", impl="ours"), run_one(a, "data", impl="raw")
-        if ours is None or raw is None:
-            return
-        print("\ndata prep, KJV (4.1 MB) -> token cache          MB/s   peak RSS")
-        print(f"  ours: cached_token_ids (streamed, to disk)  {ours['mb_s']:>6.1f}   {ours['peak_rss_mb']:>5.0f} MB")
-        print(f"  raw tiktoken encode_ordinary_batch         {raw['mb_s']:>6.1f}   {raw['peak_rss_mb']:>5.0f} MB")
-        print(f"  ours / raw {ours['mb_s'] / raw['mb_s']:.2f}x")
+
+def train_section(a, peak_gflops: dict, memory, bf16_cpu: bool) -> None:
+    cuda = a.device == "cuda"
+    shapes = train_shapes(a)
+    print(f"\ntraining tokens/s ({'cuda' if cuda else 'cpu'}, median step; median (range) over {a.rounds} round(s))"
+          "     tokens/s                vs HF   MFU    peak mem")
+    print("  shapes (batch x tokens): " + ", ".join(f"{k} {B} x {T}" for k, (B, T) in shapes.items()))
+    chunk = compose("tiny", trainer_overrides(a)).speed.loss_chunk
+    rows = [("lightning", "train-lightning", {}, f"ours, Lightning (train.py path), {a.precision}"),
+            ("plain", "train-plain", {}, f"ours, plain loop, {a.precision}"),
+            ("hf", "train-hf", {}, "HF GPT2LMHeadModel, defaults"),
+            ("hf-tuned", "train-hf", {"impl": "tuned"}, "HF, gelu_pytorch_tanh + use_cache=False")]
+    if bf16_cpu and a.precision != "bf16-mixed":  # what precision=auto picks on this CPU
+        rows += [("lightning-bf16", "train-lightning", {"precision": "bf16-mixed"}, "ours, Lightning, bf16-mixed"),
+                 ("plain-bf16", "train-plain", {"precision": "bf16-mixed"}, "ours, plain loop, bf16-mixed")]
+    print(f"  ours: chunked loss (the head and cross-entropy {chunk or 'all'} tokens at a time, speed.loss_chunk); "
+          "HF: full logits + F.cross_entropy")
+    for shape, (B, T) in shapes.items():
+        flops = train_flops_per_token(model_dict(shape), T)
+        jobs = {name: (what, kw | {"shape": shape}) for name, what, kw, _ in rows}
+        results = interleaved(a, jobs, a.rounds)
+        tps = {name: [r["tokens"] / r["step_s"] for r in rs] for name, rs in results.items()}
+        hf = statistics.median(tps["hf"]) if tps["hf"] else None
+        for name, _, kw, label in rows:
+            if not tps[name]:
+                print(f"  {shape:<10} {label:<44}   FAILED (its error is above)")
+                continue
+            med = statistics.median(tps[name])
+            peak = peak_gflops.get(kw.get("precision", a.precision), next(iter(peak_gflops.values())))
+            vs_hf = f"{med / hf:>5.2f}x" if hf else "    ?x"
+            print(f"  {shape:<10} {label:<44} {spread(tps[name], '.0f'):<22} {vs_hf}  "
+                  f"{mfu(med * flops / (peak * 1e9))}  {memory(results[name][-1])}")
+        for fast, slow, what in (("lightning", "plain", "Lightning / plain loop"),
+                                 ("lightning-bf16", "lightning", "Lightning bf16-mixed / fp32")):
+            if tps.get(fast) and tps.get(slow):
+                ratio = [f / s for f, s in zip(tps[fast], tps[slow])]  # round by round: same minute of the machine
+                print(f"  {shape:<10} {what}: {spread(ratio, '.3f')}")
+
+
+def generate_section(a, peaks: dict, memory, bf16_cpu: bool) -> None:
+    cuda = a.device == "cuda"
+    print(f"\ngeneration, {GEN_SHAPE} shape, greedy, {a.new_tokens} new tokens after {GEN_PROMPT}; median (range) "
+          f"over {a.rounds} round(s)          tokens/s         GB/s read   {'peak GPU mem' if cuda else 'peak RSS'}")
+    print("  GB/s: weights once per step plus the KV cache's keys and values (not for the naive re-forward)")
+    dtypes = ["fp32"] + (["bf16"] if bf16_cpu or cuda else []) + ([] if cuda else ["int8"])
+    for batch in (1, 8):
+        jobs = {"ours": ("generate", {"impl": "ours", "batch": batch}),
+                "hf": ("generate", {"impl": "hf", "batch": batch})}
+        jobs |= {f"ours-{d}": ("generate", {"impl": "ours", "batch": batch, "dtype": d}) for d in dtypes[1:]}
+        results = interleaved(a, jobs, a.rounds)
+        # naive at batch 1 only, one round: minutes on a CPU; on a GPU (short of time) only without --quick
+        if batch == 1 and not (cuda and a.quick):
+            results["naive"] = interleaved(a, {"naive": ("generate", {"impl": "naive", "batch": 1})}, 1)["naive"]
+        tps = {k: [r["tokens"] / r["s"] for r in rs] for k, rs in results.items() if rs}
+        labels = [("naive", "naive re-forward, fp32"), ("ours", "ours, KV cache, fp32"),
+                  *((f"ours-{d}", f"ours, KV cache, {d}") for d in dtypes[1:]), ("hf", "HF generate, fp32")]
+        for name, label in labels:
+            if name not in results:
+                continue
+            if name not in tps:
+                print(f"  batch {batch}  {label:<28}   FAILED (its error is above)")
+                continue
+            gbs = [r["bytes"] / r["s"] / 1e9 for r in results[name]]
+            bw = "" if name == "naive" else spread(gbs, ".1f")
+            print(f"  batch {batch}  {label:<28} {spread(tps[name], '.1f'):<18} {bw:<16} {memory(results[name][-1])}")
+        if "ours" in tps and "hf" in tps:
+            ratio = [o / h for o, h in zip(tps["ours"], tps["hf"])]
+            same = "same" if results["ours"][-1]["ids"] == results["hf"][-1]["ids"] else "DIFFERENT"
+            extra = f", cache / naive {statistics.median(tps['ours']) / tps['naive'][0]:.1f}x" if "naive" in tps else ""
+            print(f"  batch {batch}  ours / HF, fp32: {spread(ratio, '.2f')}x{extra}; greedy tokens ours vs HF: {same}")
+            for d in dtypes[1:]:
+                if f"ours-{d}" in tps:
+                    low = [o / h for o, h in zip(tps[f"ours-{d}"], tps["hf"])]
+                    print(f"  batch {batch}  ours {d} / HF fp32: {spread(low, '.2f')}x")
+    read = f"read {peaks['read_gbs']:.1f} GB/s, " if "read_gbs" in peaks else ""
+    print(f"  (machine bandwidth: {read}copy {peaks['copy_gbs']:.1f} GB/s)")
+
+
+def data_section(a) -> None:
+    results = interleaved(a, {"ours": ("data", {"impl": "ours"}), "raw": ("data", {"impl": "raw"})}, a.rounds)
+    mbs = {k: [r["mb_s"] for r in rs] for k, rs in results.items()}
+    print(f"\ndata prep, KJV (4.1 MB) -> token ids, median (range) over {a.rounds} round(s)          MB/s   peak RSS")
+    print(f"  ours: cached_token_ids (streamed, to disk)            {spread(mbs['ours'], '.1f'):<18} "
+          f"{results['ours'][-1]['peak_rss_mb']:>5.0f} MB")
+    print(f"  raw tiktoken encode_ordinary_batch, our chunks,   "
+          f"{os.cpu_count()} threads {spread(mbs['raw'], '.1f'):<18} {results['raw'][-1]['peak_rss_mb']:>5.0f} MB")
+    ratio = [o / r for o, r in zip(mbs["ours"], mbs["raw"])]
+    print(f"  ours / raw {spread(ratio, '.2f')}x")
+
+
+def quality_section(a, bf16_cpu: bool) -> None:
+    dtypes = ["fp32"] + (["bf16"] if bf16_cpu or a.device == "cuda" else []) + ["int8"] * (a.device == "cpu")
+    results = {d: run_one(a, "quality", dtype=d, ckpt=a.ckpt, text=a.text) for d in dtypes}
+    ref = results["fp32"]
+    print(f"\nquality, {Path(a.ckpt).name} on {Path(a.text).name} ({ref['tokens_scored']} tokens scored)"
+          "      perplexity   vs fp32   first 50 greedy tokens = fp32's")
+    for d, r in results.items():
+        if r is None:
+            print(f"  {d:<5} FAILED (its error is above)")
+            continue
+        match = sum(x == y for x, y in zip(r["greedy"], ref["greedy"]))
+        print(f"  {d:<5} {r['perplexity']:>12.2f}   {r['perplexity'] / ref['perplexity'] - 1:>+7.2%}   {match}/50")
 
 
 if __name__ == "__main__":

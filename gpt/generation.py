@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+import statistics
+import time
+from collections.abc import Collection, Iterator
 
 import torch
 import torch.nn as nn
@@ -62,14 +64,20 @@ class ThreadedThinLinear(TorchFunctionMode):
     """While active, a linear layer fed only a few rows on a CPU splits its weight across the threads.
 
     A cached decoding step feeds one token per sequence through every weight matrix, so it runs as fast as the
-    weights stream from memory. MKL computes such thin products (a few rows) on one core: on the 2-core machine
-    this was written on, F.linear read a 50,257 x 768 head at about 10 GB/s while two threads read memory at about
-    19 GB/s. Cutting the weight's output rows into one block per thread and running the blocks as one batched
-    product (baddbmm, parallel over the blocks) uses every core: decoding ran 1.2-1.5x faster. Same weights, same
-    sums; only the rounding of the last bit can differ.
+    weights stream from memory. MKL computes such thin products (a few rows) on one core on some hosts: on the
+    2-core Zen 3 host this was written on, F.linear read a 50,257 x 768 head at about 10 GB/s while two threads
+    read memory at about 19 GB/s. Cutting the weight's output rows into one block per thread and running the blocks
+    as one batched product (baddbmm, parallel over the blocks) uses every core: decoding ran 1.2-1.5x faster there.
+    On an Intel host with AMX the plain product was the faster one, so ``thin_product_plan`` measures which weights
+    gain on the host at hand and only those (``shapes``) are split. Same weights, same sums; only the rounding of
+    the last bit can differ. Weights of another tensor type (quantized ones) are left to their own kernels.
     """
 
     MAX_ROWS = 32  # from about 64 rows on, the plain product was as fast (measured)
+
+    def __init__(self, shapes: Collection[tuple[int, int]] | None = None):
+        super().__init__()
+        self.shapes = None if shapes is None else frozenset(shapes)  # None: every weight that qualifies
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -81,7 +89,9 @@ class ThreadedThinLinear(TorchFunctionMode):
         n = torch.get_num_threads()
         out_features, in_features = weight.shape
         rows = x.numel() // in_features
-        if x.device.type != "cpu" or n == 1 or rows > self.MAX_ROWS or out_features < 64 * n:
+        chosen = self.shapes is None or (out_features, in_features) in self.shapes
+        plain = type(weight) not in (torch.Tensor, nn.Parameter) or x.device.type != "cpu"
+        if plain or not chosen or n == 1 or rows > self.MAX_ROWS or out_features < 64 * n:
             return F.linear(x, weight, bias)
         x2 = x.reshape(rows, in_features)
         split = out_features - out_features % n  # the rows that divide evenly into n blocks; the rest go plainly
@@ -96,6 +106,51 @@ class ThreadedThinLinear(TorchFunctionMode):
             rest = F.linear(x2, weight[split:], None if bias is None else bias[split:])
             y = torch.cat([y, rest], dim=1)
         return y.view(*x.shape[:-1], out_features)
+
+
+_PLANS: dict[tuple, frozenset[tuple[int, int]]] = {}  # this process's measured plans: one per model shape and rows
+
+
+def faster_when_split(times: dict[tuple[int, int], tuple[list[float], list[float]]]) -> frozenset[tuple[int, int]]:
+    """The weight shapes whose median split time beats the median plain time; ``times`` maps a shape to
+    (plain seconds, split seconds) over the repeats."""
+    return frozenset(s for s, (plain, split) in times.items() if statistics.median(split) < statistics.median(plain))
+
+
+def time_thin_products(layers: list[nn.Linear], rows: int, repeats: int = 3) -> dict:
+    """Seconds of ``rows``-row products through every layer, per weight shape: (plain, split) lists of ``repeats``.
+
+    Passes over all the layers alternate plain, split, plain, ..., after one warm-up pass of each, so that both
+    strategies find the weights where decoding finds them (for a model larger than the caches, in memory)."""
+    split = ThreadedThinLinear()
+    inputs = [torch.zeros(rows, layer.in_features, dtype=layer.weight.dtype) for layer in layers]
+    times: dict[tuple[int, int], tuple[list[float], list[float]]] = {}
+    for repeat in range(repeats + 1):
+        for i, product in enumerate((F.linear, split._linear)):
+            total: dict[tuple[int, int], float] = {}
+            for layer, x in zip(layers, inputs):
+                t0 = time.perf_counter()
+                product(x, layer.weight, layer.bias)
+                shape = tuple(layer.weight.shape)
+                total[shape] = total.get(shape, 0.0) + time.perf_counter() - t0
+            if repeat:  # the first pass of each only warms up
+                for shape, seconds in total.items():
+                    times.setdefault(shape, ([], []))[i].append(seconds)
+    return times
+
+
+@torch.no_grad()
+def thin_product_plan(model: nn.Module, rows: int) -> frozenset[tuple[int, int]]:
+    """The weight shapes of ``model``'s linear layers that ``ThreadedThinLinear`` should split at ``rows`` rows on
+    this host: measured once per process for each set of shapes, dtype, rows and thread count (a fraction of a
+    second at gpt2-small), then reused."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear) and type(m.weight) is nn.Parameter]
+    if torch.get_num_threads() == 1 or rows > ThreadedThinLinear.MAX_ROWS or not layers:
+        return frozenset()
+    key = (tuple((tuple(m.weight.shape), m.weight.dtype) for m in layers), rows, torch.get_num_threads())
+    if key not in _PLANS:
+        _PLANS[key] = faster_when_split(time_thin_products(layers, rows))
+    return _PLANS[key]
 
 
 @torch.no_grad()
@@ -137,7 +192,8 @@ def generate_tokens(
     ``context_length`` tokens.
 
     A model with ``new_cache`` (GPTModel) keeps a KV cache: the prompt is run once, then each step feeds only the
-    newest token, with ``ThreadedThinLinear`` on a CPU. Once the sequence outgrows the context, every step re-runs
+    newest token; on a CPU through ``ThreadedThinLinear`` for the weights ``thin_product_plan`` found faster split
+    on this host. Once the sequence outgrows the context, every step re-runs
     the last ``context_length`` tokens (positions restart at 0 in that window, so stored keys no longer apply),
     exactly as without a cache.
     """
@@ -148,9 +204,10 @@ def generate_tokens(
     if hasattr(model, "new_cache") and max_new_tokens > 0:
         cache = model.new_cache(idx.shape[0], min(idx.shape[1], context_length) + max_new_tokens - 1)
     fresh = idx[:, -context_length:]  # the tokens the cache has not seen yet
+    split = cache is not None and idx.device.type == "cpu" and thin_product_plan(model, idx.shape[0])
     for _ in range(max_new_tokens):
         if cache is not None and cache.length + fresh.shape[1] <= min(context_length, cache.max_len):
-            with ThreadedThinLinear() if idx.device.type == "cpu" else contextlib.nullcontext():
+            with ThreadedThinLinear(split) if split else contextlib.nullcontext():
                 logits = model(fresh, cache=cache)[:, -1, :]
         else:
             cache = None  # past the context: no going back to the cache

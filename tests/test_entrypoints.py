@@ -78,6 +78,19 @@ def test_generate_refuses_bad_settings_in_one_line(trained):
     assert proc.stderr.strip() == "error: top_p must be in (0, 1] or null, got 1.5"
 
 
+def test_generate_in_int8_reports_its_weight_bytes_and_refuses_unknown_dtypes(trained):
+    _, run_dir, _, _ = trained
+    args = ("generate.py", f"ckpt={run_dir}", "prompt=And God said", "max_new_tokens=8", "temperature=0")
+    fp32, int8 = run(*args), run(*args, "dtype=int8")
+    assert int8.stdout.startswith("And God said") and len(int8.stdout.strip()) > len("And God said")
+    size = {p: float(proc.stderr.split("[model: ")[1].split(" MB")[0]) for p, proc in (("fp32", fp32), ("int8", int8))}
+    # This tiny model is mostly its tied 50,257 x 32 embedding, kept in fp32; int8 adds the head's int8 copy.
+    assert size["fp32"] < size["int8"] < 1.3 * size["fp32"]
+    proc = run(*args, "dtype=fp16", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: dtype must be one of fp32, bf16, int8, got 'fp16'"
+
+
 def test_resume_continues_the_global_step(trained):
     tmp, run_dir, common, _ = trained
     resumed = tmp / "resumed"

@@ -184,17 +184,76 @@ def test_threaded_thin_linear_leaves_wide_inputs_and_small_layers_alone(three_th
         assert torch.equal(F.linear(x[:1], w[:2], b[:2]), small)  # too few output features to split
 
 
-def test_cached_generation_with_threaded_layers_agrees_with_uncached(three_threads, monkeypatch):
+def small_gpt():
     from gpt.model import GPTConfig, GPTModel
 
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=301, context_length=32, emb_dim=192, n_heads=4, n_layers=2, drop_rate=0.0,
                     qkv_bias=True, tie_weights=True)
-    model = GPTModel(cfg).eval()
+    return GPTModel(cfg).eval()
+
+
+def count_splits(monkeypatch) -> list:
+    """The (out, in) shapes of the weights split from now on (one baddbmm of (n, in, out / n) blocks per split
+    linear layer with a bias)."""
     split = []
     real = torch.baddbmm
-    monkeypatch.setattr(torch, "baddbmm", lambda *a, **k: split.append(1) or real(*a, **k))
+    record = lambda blocks: split.append((blocks.shape[0] * blocks.shape[2], blocks.shape[1]))  # noqa: E731
+    monkeypatch.setattr(torch, "baddbmm", lambda *a, **k: record(a[-1]) or real(*a, **k))
+    return split
+
+
+def test_cached_generation_with_threaded_layers_agrees_with_uncached(three_threads, monkeypatch):
+    import gpt.generation
+
+    model = small_gpt()
+    monkeypatch.setattr(gpt.generation, "thin_product_plan", lambda m, rows: frozenset({(192, 192), (768, 192)}))
+    split = count_splits(monkeypatch)
     prompt = torch.randint(0, 301, (2, 6))
     cached = generate(model, prompt, 20, context_length=32)
-    assert split  # the cached steps did run through the threaded layers
+    # The planned shapes only (attention's 192 x 192 layers, the feed-forward's first), not its 192 x 768 second.
+    assert set(split) == {(192, 192), (768, 192)}
     assert torch.equal(cached, generate(NoCache(model), prompt, 20, context_length=32))
+
+
+def test_cached_generation_splits_nothing_where_the_plan_found_no_gain(three_threads, monkeypatch):
+    import gpt.generation
+
+    monkeypatch.setattr(gpt.generation, "thin_product_plan", lambda m, rows: frozenset())
+    split = count_splits(monkeypatch)
+    generate(small_gpt(), torch.randint(0, 301, (2, 6)), 5, context_length=32)
+    assert split == []
+
+
+def test_the_plan_keeps_the_shapes_whose_split_median_is_faster():
+    from gpt.generation import faster_when_split
+
+    times = {(768, 768): ([1.0, 9.0, 1.0], [0.5, 0.6, 9.0]),  # split median 0.6 < 1.0: split
+             (3072, 768): ([1.0, 1.0, 0.1], [2.0, 0.1, 2.0])}  # split median 2.0 > 1.0: plain
+    assert faster_when_split(times) == {(768, 768)}
+
+
+def test_the_plan_is_measured_once_per_process_and_shape(three_threads, monkeypatch):
+    import gpt.generation
+
+    measured = []
+
+    def fake_times(layers, rows):
+        measured.append(rows)
+        return {tuple(layer.weight.shape): ([1.0], [0.5 if layer.out_features == 301 else 2.0]) for layer in layers}
+
+    monkeypatch.setattr(gpt.generation, "time_thin_products", fake_times)
+    monkeypatch.setattr(gpt.generation, "_PLANS", {})
+    model = small_gpt()
+    assert gpt.generation.thin_product_plan(model, 1) == {(301, 192)}  # only the head gained, in this fake
+    assert gpt.generation.thin_product_plan(small_gpt(), 1) == {(301, 192)}
+    assert gpt.generation.thin_product_plan(model, 3) == {(301, 192)}
+    assert measured == [1, 3]  # a second model of the same shapes reuses the plan; new rows measure again
+
+
+def test_time_thin_products_times_each_shape_both_ways(three_threads):
+    from gpt.generation import time_thin_products
+
+    times = time_thin_products([nn.Linear(192, 576), nn.Linear(192, 768), nn.Linear(768, 192)], rows=2, repeats=2)
+    assert set(times) == {(576, 192), (768, 192), (192, 768)}
+    assert all(len(plain) == len(split) == 2 and min(plain + split) > 0 for plain, split in times.values())

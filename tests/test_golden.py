@@ -32,6 +32,7 @@ def default_run_losses(run_dir: Path) -> list[float]:
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run(
         [sys.executable, "train.py", f"trainer.max_steps={STEPS}", "trainer.log_every_n_steps=1",
+         "trainer.precision=32-true",  # recorded in fp32; precision=auto would pick bf16 on a host with native bf16
          f"hydra.run.dir={run_dir}"],
         cwd=root, capture_output=True, text=True, timeout=900,
     )

@@ -56,7 +56,14 @@ def instantiate_all(cfg: DictConfig | None) -> list:
 
 def trainer_arguments(cfg: DictConfig) -> dict:
     """cfg.trainer as lightning.Trainer's arguments; a value given as a ``_target_`` (the fsdp strategy, a
-    profiler) becomes the object."""
+    profiler) becomes the object. trainer.precision=auto becomes this machine's precision, in cfg too, so that
+    speed's settings follow it."""
+    from gpt.cli import is_rank_zero
+    from gpt.hardware import resolve_precision
+
+    cfg.trainer.precision, why = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    if is_rank_zero():
+        print(f"precision: {cfg.trainer.precision} ({why})")
     args = plain(cfg.trainer)
     for key, value in args.items():
         if isinstance(value, dict) and "_target_" in value:
