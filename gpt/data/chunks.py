@@ -31,19 +31,19 @@ def _first_cut(text: str, start: int) -> int | None:
 def stream_safe_chunks(pieces: Iterable[str], size: int) -> Iterator[str]:
     """The text that ``pieces`` spell, re-cut into chunks of about ``size`` characters at safe cut points only
     (the first safe newline at least ``size`` characters into a chunk). Memory: a chunk plus one piece."""
-    buffer, searched = "", 0  # searched: no safe cut before this offset (past the first ``size`` characters)
+    buffer, start, searched = "", 0, 0  # the chunk begins at buffer[start]; no safe cut before buffer[searched]
     for piece in pieces:
-        buffer += piece
-        while len(buffer) > size:
+        buffer, start, searched = buffer[start:] + piece, 0, max(0, searched - start)
+        while len(buffer) - start > size:
             # Resume the search 2 characters early: a newline there could not be judged before more text came.
-            cut = _first_cut(buffer, max(size, searched - 2))
+            cut = _first_cut(buffer, max(start + size, searched - 2))
             if cut is None:
                 searched = len(buffer)
                 break
-            yield buffer[:cut]
-            buffer, searched = buffer[cut:], 0
-    if buffer:
-        yield buffer
+            yield buffer[start:cut]
+            start = searched = cut
+    if start < len(buffer):
+        yield buffer[start:]
 
 
 def safe_chunks(text: str, size: int) -> Iterator[str]:

@@ -28,7 +28,7 @@ from gpt.data.shards import ShardedIds
 from gpt.data.sources import DOC_SEPARATOR, Part, TextSource, parts_of
 from gpt.tokenizer import Tokenizer
 
-CHUNK_CHARS = 1 << 14  # characters per chunk (16K): small pieces keep every thread busy to the end
+CHUNK_CHARS = 1 << 16  # characters per chunk (64K): few calls into tiktoken, yet many chunks per thread
 # Between two parts the text is DOC_SEPARATOR, " <|endoftext|> ". It is cut just after the special token, where
 # tiktoken itself splits the text before encoding (and where word-level tokenizers see whitespace), so each part
 # encodes on its own to exactly its ids in the whole corpus: a part ends with TRAIL unless last, starts with LEAD
