@@ -15,15 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from gpt.data.chunks import stream_safe_chunks
 from gpt.data.encode import encode_stream, token_dtype
-from gpt.data.progress import BuildProgress
+from gpt.data.progress import BuildProgress, first_process
 from gpt.data.shard_file import atomic_file, checksum, damage, remove_stale_temps, write_shard
 from gpt.data.shards import ShardedIds
 from gpt.data.sources import DOC_SEPARATOR, Part, TextSource, parts_of
@@ -125,6 +127,23 @@ def _build(parts: list[Part], i: int, key: str, done: list[dict], tokenizer: Tok
     return records
 
 
+@contextmanager
+def _lock(path: Path, progress: bool) -> Iterator[None]:
+    """The cache's file lock: one builder at a time, on one host or many sharing the filesystem (fcntl locks die
+    with their process, so a killed builder never leaves it taken)."""
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if progress and first_process():
+            print(f"waiting for another process to finish the token cache ({path})", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def token_ids(source: TextSource, tokenizer: Tokenizer, cache_dir: str | Path, progress: bool = True,
               threads: int | None = None) -> ShardedIds:
     """The corpus of ``source`` as token ids, encoded into the cache at ``cache_dir`` if not there yet."""
@@ -134,7 +153,7 @@ def token_ids(source: TextSource, tokenizer: Tokenizer, cache_dir: str | Path, p
     cache_dir = Path(cache_dir)
     shard_dir = cache_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(cache_dir / "build.lock"):
+    with _lock(cache_dir / "build.lock", progress):
         remove_stale_temps(cache_dir), remove_stale_temps(shard_dir)
         records = [_valid_records(shard_dir, k, dtype) for k in keys]
         todo = [i for i, r in enumerate(records) if not (r and r[-1]["last"])]
