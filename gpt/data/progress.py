@@ -22,7 +22,8 @@ class BuildProgress:
         self.tokens = 0
         self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1000, file=sys.stderr,
                         desc=f"token cache: {parts} shard{'s' * (parts != 1)}", dynamic_ncols=True,
-                        disable=not (enabled and first_process()), mininterval=0.5)
+                        disable=not (enabled and first_process()),
+                        mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file (a cluster job): a line per 30 s
 
     def advance(self, nbytes: int, tokens: int) -> None:
         self.tokens += tokens

@@ -4,7 +4,8 @@
 A text source (for pretraining) is any object with ``documents()``, the corpus as an iterator of documents. A source
 that can be larger than memory also has ``parts()``: its corpus as parts (a file, a shard of a dataset), each
 streamed in pieces and recognised by a fingerprint, so the token cache (gpt/data/tokens.py) encodes each part once,
-into its own shard, without ever holding the text whole. Labeled sources (``rows()``) and instruction sources (``records()``) feed the fine-tuning tasks.
+into its own shard, without ever holding the text whole. Labeled sources (``rows()``) and instruction sources
+(``records()``) feed the fine-tuning tasks.
 """
 
 from __future__ import annotations
