@@ -19,11 +19,16 @@ def token_dtype(n_vocab: int) -> np.dtype:
     return np.dtype(np.uint16) if n_vocab <= 2**16 else np.dtype(np.int32)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a cluster job's allocation), not every core of the host."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def encode_stream(chunks: Iterable[str], tokenizer: Tokenizer, threads: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """(characters, ids) of each chunk, in order, encoded on one thread per core. tiktoken releases the GIL while
+    """(characters, ids) of each chunk, in order, encoded on one thread per usable core. tiktoken releases the GIL while
     it encodes, so chunks run in parallel; a bounded queue keeps memory flat and, unlike batch calls, never waits
     for a batch's slowest chunk before starting the next ones."""
-    threads = threads or os.cpu_count() or 1
+    threads = threads or usable_cores()
     dtype = token_dtype(tokenizer.n_vocab)
 
     def encode(chunk: str) -> tuple[int, np.ndarray]:
