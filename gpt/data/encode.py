@@ -24,9 +24,10 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def encode_stream(chunks: Iterable[str], tokenizer: Tokenizer, threads: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """(characters, ids) of each chunk, in order, encoded on one thread per usable core. tiktoken releases the GIL while
-    it encodes, so chunks run in parallel; a bounded queue keeps memory flat and, unlike batch calls, never waits
+def encode_stream(chunks: Iterable[str], tokenizer: Tokenizer,
+                  threads: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(characters, ids) of each chunk, in order, encoded on one thread per usable core. tiktoken releases the GIL
+    while it encodes, so chunks run in parallel; a bounded queue keeps memory flat and, unlike batch calls, never waits
     for a batch's slowest chunk before starting the next ones."""
     threads = threads or usable_cores()
     dtype = token_dtype(tokenizer.n_vocab)
