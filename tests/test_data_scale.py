@@ -204,7 +204,8 @@ def test_two_processes_building_at_once_end_with_one_valid_cache(gpt2_tokenizer,
     assert len(list((cache / "shards").glob("*.npy"))) == 4
 
 
-RECORDS = [{"text": "first record\n", "id": 1}, {"text": "  second, indented", "id": 2}, {"text": "third caf\u00e9", "id": 3}]
+RECORDS = [{"text": "first record\n", "id": 1}, {"text": "  second, indented", "id": 2},
+           {"text": "third caf\u00e9", "id": 3}]
 
 
 def write_jsonl(folder: Path) -> Path:

@@ -47,11 +47,13 @@ class TextFilePart:
         with open(self.path, "rb") as f:
             while block := f.read(BLOCK_BYTES):
                 if b"\x00" in block:
-                    raise CorpusError(f"corpus file {self.path} is binary (it contains NUL bytes); give a UTF-8 text file")
+                    raise CorpusError(f"corpus file {self.path} is binary (it contains NUL bytes); "
+                                      "give a UTF-8 text file")
                 try:
                     text = decoder.decode(block)
                 except UnicodeDecodeError as e:
-                    raise CorpusError(f"corpus file {self.path} is not UTF-8 (invalid byte at offset {offset + e.start}); "
+                    raise CorpusError(f"corpus file {self.path} is not UTF-8 (invalid byte near offset "
+                                      f"{offset + e.start}); "
                                       "convert it, e.g. with iconv") from None
                 offset += len(block)
                 blank = blank and not text.strip()
@@ -59,7 +61,8 @@ class TextFilePart:
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
-            raise CorpusError(f"corpus file {self.path} is not UTF-8 (it ends inside a character); convert it") from None
+            raise CorpusError(f"corpus file {self.path} is not UTF-8 (it ends inside a character); "
+                              "convert it, e.g. with iconv") from None
         if blank:
             raise CorpusError(f"corpus file {self.path} is empty; give a file with text in it")
 

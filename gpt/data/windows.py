@@ -1,6 +1,7 @@
 """The sliding windows a language model trains on, from a flat array of token ids.
 
-cached token ids (one flat array, or shards seen as one) --> contiguous train / val split --> windows (input = ids[i : i+L], target = ids[i+1 : i+L+1])
+cached token ids (one flat array, or shards seen as one) --> contiguous train / val split -->
+windows (input = ids[i : i+L], target = ids[i+1 : i+L+1])
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from torch.utils.data import Dataset
 
 from gpt.data.shards import ShardedIds
 
+Ids = np.ndarray | ShardedIds  # one flat array, or shards seen as one
+
 
 class GPTDataset(Dataset):
     """Windows of ``max_length`` tokens starting every ``stride`` tokens; the target is the input shifted by one."""
 
-    def __init__(self, ids: np.ndarray | ShardedIds, max_length: int, stride: int):
+    def __init__(self, ids: Ids, max_length: int, stride: int):
         if max_length <= 0 or stride <= 0:
             raise ValueError(f"max_length and stride must be positive, got {max_length} and {stride}")
         self.ids, self.max_length, self.stride = ids, max_length, stride
@@ -30,7 +33,7 @@ class GPTDataset(Dataset):
         return chunk[:-1], chunk[1:]
 
 
-def split_ids(ids: np.ndarray | ShardedIds, val_ratio: float) -> tuple[np.ndarray | ShardedIds, np.ndarray | ShardedIds]:
+def split_ids(ids: Ids, val_ratio: float) -> tuple[Ids, Ids]:
     """Contiguous split on token positions: the first part trains, the last ``val_ratio`` of the ids validates
     (text never trained on). Slices are views: nothing is read."""
     if not 0 < val_ratio < 1:

@@ -23,7 +23,10 @@ def record_text(record, text_field: str, where: str) -> str:
 def find_files(path: str, suffixes: tuple[str, ...], what: str) -> list[Path]:
     """The files under a directory (recursively) with one of ``suffixes``, or those a glob or path names; sorted."""
     p = Path(path)
-    found = sorted(f for f in p.rglob("*") if f.suffix in suffixes) if p.is_dir() else sorted(map(Path, glob.glob(path)))
+    if p.is_dir():
+        found = sorted(f for f in p.rglob("*") if f.suffix in suffixes)
+    else:
+        found = sorted(map(Path, glob.glob(path)))
     found = [f for f in found if f.is_file()]
     if not found:
         raise CorpusError(f"no {what} files found at {path}; set data.path to a directory, a file or a glob")
@@ -48,7 +51,8 @@ class JsonlPart:
                 try:
                     record = json.loads(line)
                 except ValueError as e:
-                    raise CorpusError(f"{self.path}:{n} is not valid JSON ({e}); give one JSON object per line") from None
+                    raise CorpusError(f"{self.path}:{n} is not valid JSON ({e}); "
+                                      "give one JSON object per line") from None
                 yield record_text(record, self.text_field, f"{self.path}:{n}")
 
     def pieces(self) -> Iterator[str]:
