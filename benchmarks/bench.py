@@ -380,27 +380,29 @@ def measure_quality(a) -> dict:
 
 
 def measure_data(a) -> dict:
-    """Tokenizing the KJV (~4 MB) into the token cache, against tiktoken's batch encode of the same text."""
+    """Tokenizing the KJV (~4 MB) into the token cache, against tiktoken's batch encode of the same chunks."""
     import numpy as np
 
-    from gpt.data.sources.kjv import kjv_text
-    from gpt.data.tokens import CHUNK_CHARS, cached_token_ids, safe_chunks
+    from gpt.data.chunks import safe_chunks
+    from gpt.data.encode import usable_cores
+    from gpt.data.sources.kjv import KJV, kjv_text
+    from gpt.data.tokens import CHUNK_CHARS, token_ids
     from gpt.tokenizer import GPT2Tokenizer
 
     text, tokenizer = kjv_text(), GPT2Tokenizer()
     mb = len(text.encode("utf-8")) / 1e6
     if a.impl == "raw":  # our chunks, encoded on one tiktoken thread per core; ids kept in memory
         chunks = list(safe_chunks(text, CHUNK_CHARS))
-        encode = lambda: tokenizer.encoding.encode_ordinary_batch(chunks, num_threads=os.cpu_count())  # noqa: E731
+        encode = lambda: tokenizer.encoding.encode_ordinary_batch(chunks, num_threads=usable_cores())  # noqa: E731
         times = timed_steps(encode, 1, a.repeats)
         return {"mb_s": mb / statistics.median(times)}
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.repeats + 1):
             t0 = time.perf_counter()
-            ids = cached_token_ids(text, tokenizer, Path(tmp) / str(r))  # a fresh cache directory: no reuse
+            ids = token_ids(KJV(), tokenizer, Path(tmp) / str(r), progress=False)  # a fresh cache: no reuse
             times.append(time.perf_counter() - t0)
-        assert np.array_equal(ids, np.asarray(tokenizer.encode(text))), "streamed ids differ from whole-text encode"
+        assert np.array_equal(np.asarray(ids), tokenizer.encode(text)), "streamed ids differ from whole-text encode"
     return {"mb_s": mb / statistics.median(times[1:])}
 
 

@@ -4,11 +4,14 @@ import numpy as np
 import pytest
 import torch
 
+import gpt.data.encode
 import gpt.data.tokens
 from gpt.data.sources import CorpusError, corpus_text, read_text_file
 from gpt.data.sources.folder import Folder
 from gpt.data.sources.kjv import kjv_text
-from gpt.data.tokens import cached_token_ids, safe_chunks
+from gpt.data.chunks import safe_chunks
+from gpt.data.shards import ShardedIds
+from gpt.data.tokens import token_ids
 from gpt.data.windows import GPTDataset, split_ids
 from gpt.tasks.pretrain import Pretrain
 from gpt.training.datamodule import TaskDataModule
@@ -30,7 +33,7 @@ class InMemory:
 
 def test_first_window_of_the_verdict(gpt2_tokenizer, shared_file, tmp_path):
     text = shared_file("the-verdict.txt").read_text(encoding="utf-8")
-    ids = cached_token_ids(text, gpt2_tokenizer, tmp_path)
+    ids = token_ids(InMemory(text), gpt2_tokenizer, tmp_path)
     x, y = GPTDataset(ids, max_length=4, stride=4)[0]
     assert x.tolist() == [40, 367, 2885, 1464]
     assert y.tolist() == [367, 2885, 1464, 1807]
@@ -51,21 +54,22 @@ def test_windows_are_the_books_sliding_windows(n, max_length, stride):
 
 def test_token_cache_is_compact_memory_mapped_and_reused(gpt2_tokenizer, tmp_path, monkeypatch):
     text = "In the beginning God created the heaven and the earth. " * 20
-    ids = cached_token_ids(text, gpt2_tokenizer, tmp_path)
-    assert isinstance(ids, np.memmap) and ids.dtype == np.uint16
+    ids = token_ids(InMemory(text), gpt2_tokenizer, tmp_path)
+    (shard,) = ids._shards()
+    assert isinstance(shard, np.memmap) and shard.dtype == np.uint16
     assert ids.tolist() == gpt2_tokenizer.encode(text)
     monkeypatch.setattr(gpt2_tokenizer, "encode", lambda _: pytest.fail("tokenized twice"))
-    assert np.array_equal(cached_token_ids(text, gpt2_tokenizer, tmp_path), ids)
-    assert len(list(tmp_path.glob("*.npy"))) == 1
+    assert token_ids(InMemory(text), gpt2_tokenizer, tmp_path).tolist() == ids.tolist()
+    assert len(list(tmp_path.glob("shards/*.npy"))) == 1
 
 
 def test_token_cache_key_changes_with_text_and_tokenizer(gpt2_tokenizer, tmp_path):
     text = "the cat sat on the mat"
-    cached_token_ids(text, gpt2_tokenizer, tmp_path)
-    cached_token_ids(text + ".", gpt2_tokenizer, tmp_path)
-    other = cached_token_ids(text, SimpleTokenizerV2.from_text(text), tmp_path)
+    token_ids(InMemory(text), gpt2_tokenizer, tmp_path)
+    token_ids(InMemory(text + "."), gpt2_tokenizer, tmp_path)
+    other = token_ids(InMemory(text), SimpleTokenizerV2.from_text(text), tmp_path)
     assert other.tolist() == [4, 0, 3, 2, 4, 1]  # sorted vocabulary: cat mat on sat the
-    assert len(list(tmp_path.glob("*.npy"))) == 3
+    assert len(list(tmp_path.glob("shards/*.npy"))) == 3
 
 
 def test_split_is_contiguous_and_val_is_the_tail():
@@ -152,8 +156,8 @@ def test_chunks_cut_only_where_encoding_cannot_change(gpt2_tokenizer, size):
 def test_streamed_token_cache_equals_encoding_the_whole_text(gpt2_tokenizer, shared_file, tmp_path, monkeypatch):
     text = shared_file("the-verdict.txt").read_text(encoding="utf-8")
     monkeypatch.setattr(gpt.data.tokens, "CHUNK_CHARS", 500)  # ~40 chunks, in and out of a queue of a few
-    monkeypatch.setattr(gpt.data.tokens, "IN_FLIGHT_PER_THREAD", 1)
-    ids = cached_token_ids(text, gpt2_tokenizer, tmp_path)
+    monkeypatch.setattr(gpt.data.encode, "IN_FLIGHT_PER_THREAD", 1)
+    ids = token_ids(InMemory(text), gpt2_tokenizer, tmp_path)
     assert ids.tolist() == gpt2_tokenizer.encode(text)
-    assert [p.suffix for p in tmp_path.iterdir()] == [".npy"]  # no temporary files left
-    assert cached_token_ids("", gpt2_tokenizer, tmp_path).shape == (0,)
+    assert not list(tmp_path.rglob("*.tmp"))  # no temporary files left
+    assert len(token_ids(InMemory(""), gpt2_tokenizer, tmp_path)) == 0

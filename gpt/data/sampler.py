@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch.utils.data import DistributedSampler
 
@@ -30,10 +32,17 @@ class ResumableSampler(DistributedSampler):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
-        order += order[: len(self) * self.num_replicas - self.n]  # pad so every process gets len(self) indices
+        order = torch.randperm(self.n, generator=g)
+        order = torch.cat([order, order[: len(self) * self.num_replicas - self.n]])  # every process gets len(self)
         mine = order[self.rank :: self.num_replicas]
         skip_epoch, skip = self._skip
         if skip_epoch == self.epoch:
             mine, self._skip = mine[skip:], (0, 0)
-        return iter(mine)
+        return _ints(mine)
+
+
+def _ints(order: torch.Tensor, block: int = 1 << 16) -> Iterator[int]:
+    """The indices as Python ints, a block at a time: a list of them all would cost ~36 bytes per window (a
+    billion-token corpus has millions of windows), the tensor costs 8."""
+    for part in order.split(block):
+        yield from part.tolist()

@@ -9,8 +9,7 @@ from typing import Any
 
 import torch
 
-from gpt.data.sources import corpus_text
-from gpt.data.tokens import cached_token_ids
+from gpt.data.tokens import token_ids
 from gpt.data.windows import GPTDataset, split_ids
 from gpt.errors import UserError
 from gpt.loss import language_model_loss
@@ -27,8 +26,8 @@ class Pretrain(Task):
 
     def data(self, source: Any, tokenizer: Tokenizer, data: dict, seed: int) -> Splits:
         if not hasattr(source, "documents"):
-            raise UserError(f"task=pretrain needs a text source (data=kjv|text_file|folder), not {source}")
-        ids = cached_token_ids(corpus_text(source), tokenizer, data["cache_dir"])
+            raise UserError(f"task=pretrain needs a text source (data=kjv|text_file|folder|jsonl|hf), not {source}")
+        ids = token_ids(source, tokenizer, data["cache_dir"])
         train_ids, val_ids = split_ids(ids, data["val_ratio"])
         max_length = data["max_length"]
         splits = Splits(GPTDataset(train_ids, max_length, data["stride"]),

@@ -1,13 +1,17 @@
 """Where text comes from. Each source is one file here and one YAML file in conf/data/ that names it by
 ``_target_``; a new source is a new file of your own (see README, "Extending"), no edit here.
 
-A text source (for pretraining) is any object with ``documents()``, the corpus as an iterator of documents;
-labeled sources (``rows()``) and instruction sources (``records()``) feed the fine-tuning tasks.
+A text source (for pretraining) is any object with ``documents()``, the corpus as an iterator of documents. A source
+that can be larger than memory also has ``parts()``: its corpus as parts (a file, a shard of a dataset), each
+streamed in pieces and recognised by a fingerprint, so the token cache (gpt/data/tokens.py) encodes each part once,
+into its own shard, without ever holding the text whole. Labeled sources (``rows()``) and instruction sources
+(``records()``) feed the fine-tuning tasks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -22,6 +26,51 @@ class CorpusError(UserError):
 
 class TextSource(Protocol):
     def documents(self) -> Iterator[str]: ...
+
+
+class Part(Protocol):
+    """A piece of a corpus: one or more documents (joined by ``DOC_SEPARATOR``) streamed in ``pieces()``."""
+
+    nbytes: int | None  # about how many bytes of text it holds (None: unknown): for the progress bar
+
+    def fingerprint(self) -> dict: ...  # changes whenever its text does; cheap (no full read)
+
+    def pieces(self) -> Iterator[str]: ...
+
+
+class InMemoryPart:
+    """A document already in memory (a small source with only ``documents()``): fingerprinted by its hash."""
+
+    def __init__(self, text: str, name: str):
+        self.text, self.name, self.nbytes = text, name, len(text)
+
+    def fingerprint(self) -> dict:
+        return {"sha256": hashlib.sha256(self.text.encode("utf-8")).hexdigest()}
+
+    def pieces(self) -> Iterator[str]:
+        yield self.text
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parts_of(source: TextSource) -> list[Part]:
+    """The source's parts: its own ``parts()``, or one in-memory part per document."""
+    if hasattr(source, "parts"):
+        parts = list(source.parts())
+    else:
+        parts = [InMemoryPart(doc, f"{source} (document {i})") for i, doc in enumerate(source.documents())]
+    if not parts:
+        raise CorpusError(f"{source} holds no text")
+    return parts
+
+
+def joined_documents(documents: Iterable[str]) -> Iterator[str]:
+    """Documents as one stream of text, ``DOC_SEPARATOR`` between them (a part that holds several)."""
+    for i, doc in enumerate(documents):
+        if i:
+            yield DOC_SEPARATOR
+        yield doc
 
 
 def corpus_text(source: TextSource) -> str:

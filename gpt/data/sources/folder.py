@@ -7,6 +7,7 @@ import glob
 from collections.abc import Iterator
 from pathlib import Path
 
+from gpt.data.files import TextFilePart
 from gpt.data.sources import CorpusError, read_text_file
 
 
@@ -24,6 +25,10 @@ class Folder:
         if not found:
             raise CorpusError(f"no .txt files found at {self.path}; set data.path to a directory or a glob like 'texts/*.txt'")
         return found
+
+    def parts(self) -> list[TextFilePart]:
+        """One part (one cache shard) per file, streamed."""
+        return [TextFilePart(f) for f in self.files()]
 
     def documents(self) -> Iterator[str]:
         for f in self.files():
