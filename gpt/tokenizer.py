@@ -57,6 +57,13 @@ def build_vocab(text: str, specials: tuple[str, ...] = ()) -> list[str]:
     return sorted(set(split_words(text))) + list(specials)
 
 
+class UnknownWordError(UserError, KeyError):
+    """A word outside a word-level vocabulary: a KeyError, as in the book, and a one-line error for the user."""
+
+    def __str__(self) -> str:  # a KeyError's str() quotes its message; this one reads as the message itself
+        return str(self.args[0])
+
+
 class SimpleTokenizerV1:
     """Word-level tokenizer over a fixed vocabulary; a word outside it is an error."""
 
@@ -76,7 +83,7 @@ class SimpleTokenizerV1:
         try:
             return self.str_to_int[word]
         except KeyError:
-            raise UserError(
+            raise UnknownWordError(
                 f"word {word!r} is not in the vocabulary ({self.n_vocab} words); "
                 f"use SimpleTokenizerV2 (tokenizer=simple_v2), which maps unknown words to {UNKNOWN}"
             ) from None
