@@ -48,13 +48,13 @@ def main() -> None:
     print(tokenizer.vocab[-5:])
     text = " <|endoftext|> ".join(("Hello, do you like tea?", "In the sunlit terraces of the palace."))
     print(text)
-    print(tokenizer.encode(text))
-    print(tokenizer.decode(tokenizer.encode(text)))
+    print(tokenizer.encode(text, allowed_special=True))  # the typed <|endoftext|> is the special token here
+    print(tokenizer.decode(tokenizer.encode(text, allowed_special=True)))
 
     section("2.5 Byte pair encoding")
     tokenizer = GPT2Tokenizer()
     text = "Hello, do you like tea? <|endoftext|> In the sunlit terraces of someunknownPlace."
-    integers = tokenizer.encode(text)
+    integers = tokenizer.encode(text, allowed_special=True)  # the book's allowed_special={"<|endoftext|>"}
     print(integers)
     print(tokenizer.decode(integers))
 
