@@ -59,6 +59,9 @@ TOP = {
     "ln_f.bias": "final_norm.shift",
     "lm_head.weight": "out_head.weight",
 }
+# GPT-2's parts: a model with any other value has no GPT-2 layout to export to.
+GPT2_PARTS = {"attn_impl": ("sdpa", "explicit", "wrapper"), "norm": ("layernorm",), "ffn": ("gelu",),
+              "pos": ("learned",), "qk_norm": (False,), "bias": (True,)}
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -287,6 +290,12 @@ def load_pretrained(name_or_dir: str | Path, device: str | torch.device = "cpu")
 def export_hf(model: GPTModel, tokenizer_config: dict, eos_id: int | None, directory: str | Path) -> Path:
     """Write ``config.json`` + ``model.safetensors`` that ``transformers.GPT2LMHeadModel.from_pretrained`` loads."""
     cfg = model.cfg
+    other = [f"model.{key}={getattr(cfg, key)}" for key, gpt2 in GPT2_PARTS.items() if getattr(cfg, key) not in gpt2]
+    if cfg.kv_heads != cfg.n_heads:
+        other.append(f"model.n_kv_heads={cfg.n_kv_heads}")
+    if other:
+        raise ValueError(f"GPT-2's layout has only GPT-2's parts and this model has {', '.join(other)}; only a model "
+                         "trained with the book's parts exports (keep the checkpoint for generate.py/evaluate.py)")
     if not cfg.tie_weights:
         raise ValueError("GPT-2 shares its token embedding with the output head, and this model has its own head "
                          "(model.tie_weights=false); only a model trained with model.tie_weights=true exports")
