@@ -141,11 +141,17 @@ class MultiHeadAttention(nn.Module):
 
     ``fused=True`` computes the same attention with torch's ``scaled_dot_product_attention`` kernel, which never
     stores the (T, T) weights (GPTModel's ``attn_impl=sdpa``); ``False`` is the book's explicit softmax(QK^T)V.
-    With a KV cache slice ``kv`` (2, B, H, max_len, D), the new tokens' keys and values are written at positions
-    ``start:start+T`` and the queries attend to everything stored up to there.
+    With a KV cache slice ``kv`` (2, B, H_kv, max_len, D) (H_kv = num_kv_heads, num_heads unless set), the new
+    tokens' keys and values are written at positions ``start:start+T`` and the queries attend to everything stored
+    up to there.
 
     A state dict in ``MultiHeadAttentionWrapper``'s per-head layout (``heads.<h>.W_query``, ...) loads too: each
     head's rows are stacked into the batched matrices.
+
+    Beyond the book (keyword-only, off by default): ``num_kv_heads`` < num_heads is grouped-query attention (each
+    group of num_heads // num_kv_heads query heads shares one key/value head: smaller W_key, W_value and KV cache);
+    ``qk_norm`` puts an RMSNorm on each head's queries and keys; ``bias=False`` drops out_proj's bias; and
+    ``forward(..., rotate=...)`` turns queries and keys by their positions (rotary embeddings) before attending.
     """
 
     def __init__(
@@ -157,73 +163,92 @@ class MultiHeadAttention(nn.Module):
         num_heads: int,
         qkv_bias: bool = False,
         fused: bool = False,
+        *,
+        num_kv_heads: int | None = None,
+        qk_norm: bool = False,
+        bias: bool = True,
     ):
         super().__init__()
         if d_out % num_heads:
             raise ValueError(f"d_out={d_out} is not divisible by num_heads={num_heads}")
         self.d_out = d_out
         self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads or num_heads
+        if num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={num_heads} is not divisible by num_kv_heads={self.num_kv_heads}")
         self.head_dim = d_out // num_heads
         self.fused = fused
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.out_proj = nn.Linear(d_out, d_out)  # combines the heads' outputs
+        self.W_key = nn.Linear(d_in, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out, bias=bias)  # combines the heads' outputs
         self.dropout = nn.Dropout(dropout)
         self.register_buffer("mask", causal_mask(context_length), persistent=False)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-5) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-5) if qk_norm else nn.Identity()
         self.register_load_state_dict_pre_hook(self._stack_heads)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        return x.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, heads, T, D)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int | torch.Tensor = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int | torch.Tensor = 0,
+                rotate=None) -> torch.Tensor:
         B, T, _ = x.shape
-        queries = self._split_heads(self.W_query(x))  # (B, H, T, D)
-        keys = self._split_heads(self.W_key(x))
+        queries = self.q_norm(self._split_heads(self.W_query(x)))  # (B, H, T, D)
+        keys = self.k_norm(self._split_heads(self.W_key(x)))  # (B, H_kv, T, D)
         values = self._split_heads(self.W_value(x))
+        if rotate is not None:
+            queries, keys = rotate(queries, keys, start)
         if isinstance(start, torch.Tensor):  # rows of different lengths, one new token each (a server's batch)
             context = self._attend_rows(queries, keys, values, kv, start)
         else:
             if kv is not None:
-                keys, values = write_kv_cache(kv, start, keys, values)  # (B, H, start + T, D)
+                keys, values = write_kv_cache(kv, start, keys, values)  # (B, H_kv, start + T, D)
             context = self._attend(queries, keys, values, start)
         context = context.transpose(1, 2).reshape(B, T, self.d_out)  # heads side by side again
         return self.out_proj(context)
 
     def _attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int) -> torch.Tensor:
-        """Each of the T queries (positions start .. start + T - 1) attends to the keys up to its own position."""
+        """Each of the T queries (positions start .. start + T - 1) attends to the keys up to its own position.
+        With grouped-query attention, query head h attends with key/value head h // (H / H_kv)."""
+        groups = self.num_heads // self.num_kv_heads  # query heads per key/value head
         if not self.fused:
+            if groups > 1:
+                keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
             attn_weights = causal_attention_weights(queries, keys, self.mask, self.dropout, start)
             return attn_weights @ values  # (B, H, T, D)
         # The same computation in one fused kernel. Its attn_mask is True where attending is allowed;
-        # is_causal=True is the plain causal case without a mask tensor.
+        # is_causal=True is the plain causal case without a mask tensor. enable_gqa: the grouping above.
         T = queries.shape[2]
-        dropout_p = self.dropout.p if self.training else 0.0
+        sdpa = dict(dropout_p=self.dropout.p if self.training else 0.0, enable_gqa=groups > 1)
         if start == 0:
-            return F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p, is_causal=True)
+            return F.scaled_dot_product_attention(queries, keys, values, is_causal=True, **sdpa)
         if T == 1:  # one new token (decoding) sees every stored position: nothing to mask
-            return F.scaled_dot_product_attention(queries, keys, values, dropout_p=dropout_p)
+            return F.scaled_dot_product_attention(queries, keys, values, **sdpa)
         allowed = ~self.mask[start : start + T, : start + T]
-        return F.scaled_dot_product_attention(queries, keys, values, attn_mask=allowed, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(queries, keys, values, attn_mask=allowed, **sdpa)
 
     def _attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv: torch.Tensor,
                      lengths: torch.Tensor) -> torch.Tensor:
         """One new token per row, row b at its own position ``lengths[b]`` (a server decoding requests of different
         lengths in one batch): store its key and value there, attend to that row's positions 0..lengths[b].
-        For inference (no attention dropout). q, k, v: (B, H, 1, D); kv: (2, B, H, max_len, D) -> (B, H, 1, D)."""
+        For inference (no attention dropout). q: (B, H, 1, D); k, v: (B, H_kv, 1, D); kv: (2, B, H_kv, max_len, D)."""
         if q.shape[2] != 1:
             raise ValueError(f"per-row cache positions take one new token per row, got {q.shape[2]}")
         rows = torch.arange(q.shape[0], device=q.device)
-        kv[0][rows, :, lengths] = k[:, :, 0]  # (B, H, D) into each row's own position
+        kv[0][rows, :, lengths] = k[:, :, 0]  # (B, H_kv, D) into each row's own position
         kv[1][rows, :, lengths] = v[:, :, 0]
         end = int(lengths.max()) + 1
         k, v = kv[0, :, :, :end], kv[1, :, :, :end]
         seen = torch.arange(end, device=q.device) <= lengths[:, None]  # (B, end): True where row b has a token
+        groups = self.num_heads // self.num_kv_heads
         if not self.fused:
+            if groups > 1:
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
             scores = (q @ k.transpose(2, 3)).masked_fill(~seen[:, None, None, :], float("-inf"))
             return torch.softmax(scores / self.head_dim**0.5, dim=-1) @ v
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=seen[:, None, None, :])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=seen[:, None, None, :], enable_gqa=groups > 1)
 
     @staticmethod
     def _stack_heads(module: MultiHeadAttention, state_dict: dict, prefix: str, *args) -> None:

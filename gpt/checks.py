@@ -24,3 +24,14 @@ def check_vocab(max_id: int, vocab_size: int, what: str) -> None:
     if max_id >= vocab_size:
         raise UserError(f"{what} has token id {max_id}, beyond the model's {vocab_size} tokens; use the tokenizer "
                          "the model was trained with")
+
+
+def check_text(name: str, value: object) -> str:
+    """A text setting as given. Hydra reads ``prompt=2024`` as a number and ``prompt=true`` as a boolean; those
+    are refused with the way to say it as text, rather than turned into a text the user did not type."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        typed = str(value).lower() if isinstance(value, bool) else value
+        raise UserError(f"{name}={typed} was read as a {type(value).__name__}, not text; quote it: '{name}=\"{typed}\"'")
+    return value

@@ -5,6 +5,7 @@ Shapes in comments: B batch, T sequence length, C emb_dim, H n_heads, D head dim
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -31,9 +32,13 @@ class GPTConfig:
     # The parts, each a name from PARTS below or a dotted path to a class of your own (README, "Extending").
     # Defaults, so checkpoints written before a field existed still load: the book's GPT-2.
     attn_impl: str = "sdpa"  # "sdpa" (fused kernel), "explicit" (the book's softmax(QK^T)V), "wrapper" (per head)
-    norm: str = "layernorm"
-    ffn: str = "gelu"
-    pos: str = "learned"
+    norm: str = "layernorm"  # "layernorm" | "rmsnorm"
+    ffn: str = "gelu"  # "gelu" (4x MLP) | "swiglu"
+    pos: str = "learned"  # "learned" (a table added to the embeddings) | "rope" (q and k rotated in attention)
+    n_kv_heads: int | None = None  # key/value heads (grouped-query attention); None = n_heads
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys
+    bias: bool = True  # biases in the attention's out_proj and the feed-forward (qkv_bias is its own switch)
+    scaled_init: bool = False  # GPT-2's N(0, 0.02 / sqrt(2 n_layers)) for out_proj and the feed-forward's last layer
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
@@ -47,8 +52,23 @@ class GPTConfig:
             )
         if not isinstance(self.drop_rate, (int, float)) or not 0.0 <= self.drop_rate < 1.0:
             raise UserError(f"model.drop_rate must be in [0, 1), got {self.drop_rate}")
+        if not isinstance(self.kv_heads, int) or self.kv_heads <= 0 or self.n_heads % self.kv_heads:
+            raise UserError(f"model.n_kv_heads={self.n_kv_heads} must be a positive divisor of "
+                             f"model.n_heads={self.n_heads} (or null for n_heads)")
+        if self.pos == "rope" and (self.emb_dim // self.n_heads) % 2:
+            raise UserError(f"model.pos=rope rotates pairs of features, and the head size emb_dim // n_heads = "
+                             f"{self.emb_dim // self.n_heads} is odd; choose an even head size")
+        modern = self.kv_heads != self.n_heads or self.qk_norm or self.pos == "rope" or not self.bias
+        if self.attn_impl == "wrapper" and modern:
+            raise UserError("model.attn_impl=wrapper is the book's per-head stage of GPT-2's attention; "
+                             "n_kv_heads, qk_norm, pos=rope and bias=false need attn_impl=sdpa or explicit")
         for key in PARTS:  # an unknown part is refused here, when the config is read
             part_class(self, key)
+
+    @property
+    def kv_heads(self) -> int:
+        """How many key/value heads attention has: n_kv_heads, or n_heads when that is null."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,13 +134,36 @@ class FeedForward(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim),
+            nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim, bias=cfg.bias),
             GELU(),
-            nn.Linear(4 * cfg.emb_dim, cfg.emb_dim),
+            nn.Linear(4 * cfg.emb_dim, cfg.emb_dim, bias=cfg.bias),
         )
+
+    @property
+    def out_proj(self) -> nn.Linear:
+        """The layer that writes into the residual stream (model.scaled_init)."""
+        return self.layers[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+class SwiGLU(nn.Module):
+    """Gated feed-forward (Shazeer 2020, LLaMA): out_proj(silu(gate(x)) * up(x)).
+
+    Three matrices instead of two, so the hidden width is 8/3 emb_dim (rounded to a multiple of 64) rather than
+    4 emb_dim: about the parameters of the GELU MLP.
+    """
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        hidden = max(64, round(8 * cfg.emb_dim / 3 / 64) * 64)
+        self.gate = nn.Linear(cfg.emb_dim, hidden, bias=cfg.bias)
+        self.up = nn.Linear(cfg.emb_dim, hidden, bias=cfg.bias)
+        self.out_proj = nn.Linear(hidden, cfg.emb_dim, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(F.silu(self.gate(x)) * self.up(x))
 
 
 class LearnedPositions(nn.Embedding):
@@ -130,23 +173,62 @@ class LearnedPositions(nn.Embedding):
         super().__init__(cfg.context_length, cfg.emb_dim)
 
 
+class RotaryPositions(nn.Module):
+    """Rotary position embeddings (RoPE, Su et al. 2021): nothing is added to the embeddings; instead attention
+    rotates each head's queries and keys by angles proportional to their positions, so q . k depends on the
+    positions only through their difference. Pairs (i, i + D/2) of features turn at frequency base^(-2i/D).
+    No parameters: the angles are a fixed table."""
+
+    def __init__(self, cfg: GPTConfig, base: float = 10_000.0):
+        super().__init__()
+        head_dim = cfg.emb_dim // cfg.n_heads
+        freqs = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (D/2,)
+        angles = torch.outer(torch.arange(cfg.context_length, dtype=torch.float32), freqs)  # (context, D/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, start: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k (B, H, T, D) of positions start .. start + T - 1, each rotated by its position's angles. ``start``
+        may be a (B,) tensor: each row at its own position (a server's batch)."""
+        T = q.shape[-2]
+        if isinstance(start, torch.Tensor):
+            positions = start[:, None] + torch.arange(T, device=start.device)  # (B, T)
+            cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # (B, 1, T, D / 2)
+        else:
+            cos, sin = self.cos[start : start + T], self.sin[start : start + T]
+        return self._turn(q, cos, sin), self._turn(k, cos, sin)
+
+    @staticmethod
+    def _turn(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
 def _book_attention(cls, **kwargs):
     """An attention layer of gpt/attention.py, built with the book's signature from a GPTConfig."""
     return lambda cfg: cls(cfg.emb_dim, cfg.emb_dim, cfg.context_length, cfg.drop_rate, cfg.n_heads, cfg.qkv_bias,
                            **kwargs)
 
 
+def _batched_attention(fused: bool):
+    """MultiHeadAttention from a GPTConfig, with its grouped-query, QK-norm and bias choices."""
+    return lambda cfg: MultiHeadAttention(cfg.emb_dim, cfg.emb_dim, cfg.context_length, cfg.drop_rate, cfg.n_heads,
+                                          cfg.qkv_bias, fused, num_kv_heads=cfg.kv_heads, qk_norm=cfg.qk_norm,
+                                          bias=cfg.bias)
+
+
 # The parts a GPTConfig chooses by name: model.<key> -> {name: a function (or class) that builds it from the config}.
 # A dotted path instead of a name (my_package.my_module.MyNorm) builds a class of your own as MyNorm(cfg).
 PARTS = {
     "attn_impl": {
-        "sdpa": _book_attention(MultiHeadAttention, fused=True),
-        "explicit": _book_attention(MultiHeadAttention, fused=False),
+        "sdpa": _batched_attention(fused=True),
+        "explicit": _batched_attention(fused=False),
         "wrapper": _book_attention(CausalAttentionHeads),
     },
-    "norm": {"layernorm": lambda cfg: LayerNorm(cfg.emb_dim)},
-    "ffn": {"gelu": FeedForward},
-    "pos": {"learned": LearnedPositions},
+    "norm": {"layernorm": lambda cfg: LayerNorm(cfg.emb_dim), "rmsnorm": lambda cfg: nn.RMSNorm(cfg.emb_dim, eps=1e-5)},
+    "ffn": {"gelu": FeedForward, "swiglu": SwiGLU},
+    "pos": {"learned": LearnedPositions, "rope": RotaryPositions},
 }
 
 
@@ -170,8 +252,13 @@ class TransformerBlock(nn.Module):
         self.ff = build_part(cfg, "ffn")
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int | torch.Tensor = 0) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x), kv, start))  # shortcut connection around attention
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int | torch.Tensor = 0,
+                rotate=None) -> torch.Tensor:
+        # rotate: model.pos=rope's rotation of q and k, handed to attention only then (a plug-in attention of
+        # yours needs the argument only for rope)
+        h = self.norm1(x)
+        h = self.att(h, kv, start) if rotate is None else self.att(h, kv, start, rotate=rotate)
+        x = x + self.drop_shortcut(h)  # shortcut connection around attention
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))  # and around the feed-forward
         return x
 
@@ -187,9 +274,11 @@ class GPTModel(nn.Module):
         self.pos_emb = build_part(cfg, "pos")
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
-        self.final_norm = LayerNorm(cfg.emb_dim)
+        self.final_norm = build_part(cfg, "norm")
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)
+        if cfg.scaled_init:
+            self._scale_residual_projections()
         if cfg.tie_weights:
             # One Parameter in two places (GPT-2's choice): not a copy, so both always hold the same values.
             self.out_head.weight = self.tok_emb.weight
@@ -201,6 +290,17 @@ class GPTModel(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    def _scale_residual_projections(self) -> None:
+        # GPT-2 (paper, section 2.3): each block adds two projections to the residual stream, so their initial std
+        # shrinks by sqrt(2 n_layers) to keep the stream's variance from growing with depth.
+        std = 0.02 / math.sqrt(2 * self.cfg.n_layers)
+        for block in self.trf_blocks:
+            for part in (block.att, block.ff):
+                if not isinstance(getattr(part, "out_proj", None), nn.Linear):
+                    raise ValueError(f"model.scaled_init needs attention and feed-forward parts with an out_proj "
+                                     f"Linear layer; {type(part).__name__} has none")
+                nn.init.normal_(part.out_proj.weight, mean=0.0, std=std)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, V). With a ``cache``, idx continues the tokens it holds."""
@@ -214,13 +314,17 @@ class GPTModel(nn.Module):
         end = int(start.max()) + T if per_row else start + T
         if end > self.cfg.context_length:
             raise ValueError(f"sequence of {end} tokens is longer than the context length {self.cfg.context_length}")
-        if per_row:
-            pos = start[:, None] + torch.arange(T, device=idx.device)  # (B, T): each row continues its own sequence
-        else:
-            pos = torch.arange(start, start + T, device=idx.device)
-        x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        rotate = getattr(self.pos_emb, "rotate", None)  # rotary positions turn q and k inside attention instead
+        x = self.tok_emb(idx)  # (B, T, C)
+        if rotate is None:
+            if per_row:
+                pos = start[:, None] + torch.arange(T, device=idx.device)  # (B, T): each row continues its own
+            else:
+                pos = torch.arange(start, start + T, device=idx.device)
+            x = x + self.pos_emb(pos)
+        x = self.drop_emb(x)
         for i, block in enumerate(self.trf_blocks):
-            x = block(x, None if cache is None else cache.layer(i, end), start)
+            x = block(x, None if cache is None else cache.layer(i, end), start, rotate)
         if cache is not None:
             cache.length += T
         return self.final_norm(x)
@@ -248,8 +352,8 @@ class KVCache:
 
     def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype):
         head_dim = cfg.emb_dim // cfg.n_heads
-        # (layer, key/value, B, H, position, D)
-        self.kv = torch.zeros(cfg.n_layers, 2, batch_size, cfg.n_heads, max_len, head_dim, device=device, dtype=dtype)
+        # (layer, key/value, B, key/value heads, position, D): grouped-query attention stores n_kv_heads heads
+        self.kv = torch.zeros(cfg.n_layers, 2, batch_size, cfg.kv_heads, max_len, head_dim, device=device, dtype=dtype)
         # Positions stored; GPTModel advances it after each forward. A (B,) long tensor instead of an int gives
         # each row its own length (rows decoded together from different starts, one token per step; advanced in
         # place, so a view of a larger lengths tensor works).

@@ -65,6 +65,9 @@ TOP = {
     "ln_f.bias": "final_norm.shift",
     "lm_head.weight": "out_head.weight",
 }
+# GPT-2's parts: a model with any other value has no GPT-2 layout to export to.
+GPT2_PARTS = {"attn_impl": ("sdpa", "explicit", "wrapper"), "norm": ("layernorm",), "ffn": ("gelu",),
+              "pos": ("learned",), "qk_norm": (False,), "bias": (True,)}
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -328,6 +331,12 @@ def export_hf(model: GPTModel, tokenizer_config: dict, eos_id: int | None, direc
     into place: ``directory`` holds the old export or the whole new one, never a mix. A folder with anything in it is
     refused unless ``overwrite``, which replaces the whole folder."""
     cfg = model.cfg
+    other = [f"model.{key}={getattr(cfg, key)}" for key, gpt2 in GPT2_PARTS.items() if getattr(cfg, key) not in gpt2]
+    if cfg.kv_heads != cfg.n_heads:
+        other.append(f"model.n_kv_heads={cfg.n_kv_heads}")
+    if other:
+        raise ValueError(f"GPT-2's layout has only GPT-2's parts and this model has {', '.join(other)}; only a model "
+                         "trained with the book's parts exports (keep the checkpoint for generate.py/evaluate.py)")
     if not cfg.tie_weights:
         raise UserError("GPT-2 shares its token embedding with the output head, and this model has its own head "
                         "(model.tie_weights=false); only a model trained with model.tie_weights=true exports")

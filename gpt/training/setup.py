@@ -112,7 +112,7 @@ def model_overrides(overrides: list[str]) -> set[str]:
 
 
 # The model fields that are not part of the weights: they may differ from those of init_from's weights.
-NOT_IN_WEIGHTS = ("drop_rate", "attn_impl")
+NOT_IN_WEIGHTS = ("drop_rate", "attn_impl", "scaled_init")
 
 
 def pretrained_model_config(cfg: DictConfig, weights: dict, chosen: set[str]) -> dict:
