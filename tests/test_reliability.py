@@ -3,6 +3,7 @@
 Most bad inputs are refused before Lightning is imported (a few seconds each); the resume test runs train.py
 three times on a tiny model (about a minute)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT
 from gpt.checkpoint import CheckpointError, atomic_save, read_checkpoint
@@ -42,40 +44,94 @@ def data_args(corpus, tmp_path) -> list[str]:
     return ["data=text_file", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}"]
 
 
-# ---------------------------------------------------------------- exact resume
+# ---------------------------------------------------------------- exact resume, for every task
+
+# Fine-tuning from random weights with GPT-2's tokenizer (the fine-tuning sources are not text corpora).
+FINETUNE = [
+    "model.n_layers=2", "model.emb_dim=32", "model.n_heads=2", "model.context_length=32", "model.drop_rate=0.1",
+    "data.batch_size=4", "optim.warmup_steps=2", "trainer.val_check_interval=4", "trainer.limit_val_batches=2",
+    "checkpoint.every_n_steps=4",
+]
+
+
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory):
+    """A small labeled-text file (task=classify) and a small Alpaca file (task=instruct)."""
+    tmp = tmp_path_factory.mktemp("labeled")
+    spam = [f"spam\tWIN a FREE prize {i}! Call 0800 now" for i in range(20)]
+    ham = [f"ham\tsee you at lunch on day {i}" for i in range(40)]
+    (tmp / "texts.tsv").write_text("\n".join(spam + ham) + "\n", encoding="utf-8")
+    records = [{"instruction": f"Add {i} and {i}.", "input": "", "output": f"{2 * i}."} for i in range(40)]
+    (tmp / "records.json").write_text(json.dumps(records), encoding="utf-8")
+    return tmp
+
+
+def task_args(task: str, corpus, labeled, tmp_path) -> list[str]:
+    if task == "pretrain":
+        return [*TINY, *data_args(corpus, tmp_path)]
+    if task == "classify":
+        return [*FINETUNE, "task=classify", f"data.path={labeled / 'texts.tsv'}"]
+    return [*FINETUNE, "task=instruct", f"data.path={labeled / 'records.json'}", "task.response_tokens=2"]
 
 
 def final_state(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(corpus, tmp_path):
-    common = [*TINY, *data_args(corpus, tmp_path), "trainer.max_steps=40", "ckpt_path=last"]
-    ref = run("train.py", *common, f"hydra.run.dir={tmp_path / 'ref'}")
-    assert ref.returncode == 0, ref.stderr[-2000:]
+def logged_steps(run_dir, tag: str = "train/loss") -> list[tuple[int, float]]:
+    """(step, value) of ``tag`` as logged by the last process that ran in ``run_dir``: its own event files
+    (events.out.tfevents.<time>.<host>.<pid>.<n>; validate, fit and test each start one)."""
+    files = sorted((run_dir / "tensorboard").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns)
+    pid = files[-1].name.split(".")[-2]
+    logged = []
+    for path in files:
+        acc = EventAccumulator(str(path)).Reload()
+        if path.name.split(".")[-2] == pid and tag in acc.Tags()["scalars"]:
+            logged += [(e.step, e.value) for e in acc.Scalars(tag)]
+    return logged
 
-    run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "train.py", *common, f"hydra.run.dir={run_dir}"]
+
+def kill_after_second_checkpoint(cmd: list[str], run_dir) -> int:
+    """Starts ``cmd``, SIGKILLs it soon after its second last.ckpt lands; returns the step that checkpoint holds."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run_dir / "checkpoints" / "last.ckpt"
-    while proc.poll() is None and not last.exists():  # the step-4 checkpoint
-        time.sleep(0.05)
+    while proc.poll() is None and not last.exists():
+        time.sleep(0.02)
     first = last.stat().st_mtime_ns
-    while proc.poll() is None and last.stat().st_mtime_ns == first:  # the step-8 one: kill mid-step 9..12
-        time.sleep(0.05)
-    time.sleep(0.3)
+    while proc.poll() is None and last.stat().st_mtime_ns == first:
+        time.sleep(0.02)
+    time.sleep(0.1)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 0 < final_state(run_dir)["global_step"] < 40
+    return final_state(run_dir)["global_step"]
 
-    resumed = run("train.py", *common, f"hydra.run.dir={run_dir}")  # the same command: auto-resume
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+@pytest.mark.parametrize("task,steps", [("pretrain", 40), ("classify", 24), ("instruct", 24)])
+def test_sigkill_mid_run_then_resume_is_bit_identical(task, steps, corpus, labeled, tmp_path):
+    common = [f"trainer.max_steps={steps}", "ckpt_path=last", "trainer.log_every_n_steps=1"]
+    ref_args = [*task_args(task, corpus, labeled, tmp_path / "ref"), *common, f"hydra.run.dir={tmp_path / 'ref'}"]
+    ref = subprocess.Popen([sys.executable, "train.py", *ref_args], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # alongside the killed run, with its own token cache
+    run_dir = tmp_path / "killed"
+    args = [*task_args(task, corpus, labeled, tmp_path), *common, f"hydra.run.dir={run_dir}"]
+    killed_at = kill_after_second_checkpoint([sys.executable, "train.py", *args], run_dir)
+    assert 0 < killed_at < steps
+    resumed = run("train.py", *args)  # the same command: auto-resume
+    ref_out, ref_err = ref.communicate(timeout=600)
+    assert ref.returncode == 0 and resumed.returncode == 0, ref_err[-2000:] + resumed.stderr[-2000:]
+
+    # The resumed process trained only the steps after its checkpoint, and logged what the reference logged there.
+    ref_log, resumed_log = logged_steps(tmp_path / "ref"), logged_steps(run_dir)
+    assert [s for s, _ in ref_log] == list(range(steps))
+    assert [s for s, _ in resumed_log] == list(range(killed_at, steps))
+    assert resumed_log == ref_log[killed_at:]
     a, b = final_state(tmp_path / "ref"), final_state(run_dir)
-    assert a["global_step"] == b["global_step"] == 40
+    assert a["global_step"] == b["global_step"] == steps
+    assert a["state_dict"].keys() == b["state_dict"].keys()
     for name, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][name]), name
-    val = [line for line in ref.stdout.splitlines() if line.startswith("val/loss:")]
+    val = [line for line in ref_out.splitlines() if line.startswith("val/loss:")]
     assert val and val == [line for line in resumed.stdout.splitlines() if line.startswith("val/loss:")]
     assert (run_dir / ".hydra" / "config.yaml").is_file() and list((run_dir / ".hydra").glob("resume-*"))
 
