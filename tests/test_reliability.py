@@ -20,6 +20,7 @@ from gpt.checkpoint import CheckpointError, atomic_save, read_checkpoint
 from gpt.data.sources.kjv import kjv_text
 from gpt.data.sampler import ResumableSampler
 from gpt.model import GPTConfig, GPTModel
+from gpt.optim import warmup_cosine
 from gpt.tokenizer import build_tokenizer
 
 TINY = [
@@ -107,7 +108,7 @@ def kill_after_second_checkpoint(cmd: list[str], run_dir) -> int:
     return final_state(run_dir)["global_step"]
 
 
-@pytest.mark.parametrize("task,steps", [("pretrain", 40), ("classify", 24), ("instruct", 24)])
+@pytest.mark.parametrize("task,steps", [("pretrain", 40), ("classify", 16), ("instruct", 16)])
 def test_sigkill_mid_run_then_resume_is_bit_identical(task, steps, corpus, labeled, tmp_path):
     common = [f"trainer.max_steps={steps}", "ckpt_path=last", "trainer.log_every_n_steps=1"]
     ref_args = [*task_args(task, corpus, labeled, tmp_path / "ref"), *common, f"hydra.run.dir={tmp_path / 'ref'}"]
@@ -134,6 +135,41 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(task, steps, corpus, label
     val = [line for line in ref_out.splitlines() if line.startswith("val/loss:")]
     assert val and val == [line for line in resumed.stdout.splitlines() if line.startswith("val/loss:")]
     assert (run_dir / ".hydra" / "config.yaml").is_file() and list((run_dir / ".hydra").glob("resume-*"))
+
+
+# ---------------------------------------------------------------- resume refuses drift
+
+
+def test_resume_refuses_changed_settings_or_data_and_applies_allowed_ones(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(kjv_text()[:20_000], encoding="utf-8")
+    run_dir = tmp_path / "run"
+    common = [*TINY, *data_args(corpus, tmp_path), "ckpt_path=last", f"hydra.run.dir={run_dir}"]
+    assert run("train.py", *common, "trainer.max_steps=8").returncode == 0
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+
+    changed = run("train.py", *common, "trainer.max_steps=16", "optim.lr=2e-3", "data.batch_size=4", "seed=7")
+    refused(changed, f"checkpoint {ckpt} was trained with other settings: data.batch_size=8 there, 4 here; "
+                     "optim.lr=0.001 there, 0.002 here; seed=42 there, 7 here; ")
+    assert "resume.allow=[data.batch_size,optim.lr,seed]" in changed.stderr
+    lines = kjv_text()[:20_000].splitlines()
+    corpus.write_text("\n".join(reversed(lines)), encoding="utf-8")  # same path and words (vocabulary), other text
+    refused(run("train.py", *common, "trainer.max_steps=16", f"data.cache_dir={tmp_path / 'cache2'}"),
+            "data.content=")
+    corpus.write_text(kjv_text()[:20_000], encoding="utf-8")
+    assert final_state(run_dir)["global_step"] == 8  # nothing trained by the refused runs
+
+    # Allowed: the new lr takes effect from the first resumed step. The rule for a longer max_steps: the schedule
+    # is the one a run planned for the new total from the start would follow (README, Reliability).
+    resumed = run("train.py", *common, "trainer.max_steps=16", "optim.lr=2e-3", "resume.allow=[optim.lr]",
+                  "trainer.log_every_n_steps=1")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    lr = logged_steps(run_dir, "train/lr")
+    assert [s for s, _ in lr] == list(range(8, 16))
+    assert [v for _, v in lr] == pytest.approx([2e-3 * warmup_cosine(s, 5, 16, 0.1) for s in range(8, 16)], rel=1e-6)
+    state = final_state(run_dir)
+    assert state["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 2e-3
+    assert state["run_identity"]["optim.lr"] == 2e-3  # the next resume compares with the new value
 
 
 def test_sampler_skips_what_was_trained_and_rebuilds_any_epoch():
@@ -180,6 +216,16 @@ def test_a_nan_loss_stops_training_before_its_update_and_its_checkpoint(tmp_path
     assert trainer.global_step == 1  # step 1's update never ran
     assert all(torch.isfinite(p).all() for p in module.parameters())
     assert [p.name for p in tmp_path.iterdir()] == ["epoch=0-step=1.ckpt"]  # only the good step was saved
+
+
+@pytest.mark.parametrize("task", ["classify", "instruct"])
+def test_fine_tuning_stops_on_a_nan_loss_in_one_line(task, labeled, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run("train.py", *task_args(task, None, labeled, tmp_path), "optim.lr=1e4", "trainer.max_steps=30",
+               f"hydra.run.dir={run_dir}")
+    refused(proc, "train/loss is nan at step ")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert not last.exists() or all(torch.isfinite(t).all() for t in final_state(run_dir)["state_dict"].values())
 
 
 # ---------------------------------------------------------------- atomic checkpoints
