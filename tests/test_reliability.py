@@ -237,18 +237,49 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_p
     writer = (
         "import sys, torch\nfrom gpt.checkpoint import atomic_save\nprint('ready', flush=True)\n"
         "for i in range(10**6):\n"
-        "    atomic_save({'version': torch.tensor(i), 'w': torch.full((1_000_000,), float(i))}, sys.argv[1])\n"
+        "    atomic_save({'version': torch.tensor(i), 'w': torch.full((4_000_000,), float(i))}, sys.argv[1])\n"
     )
-    for delay in (0.2, 0.5, 0.9):
+    versions, interrupted = [], 0
+    for trial in range(3):
         proc = subprocess.Popen([sys.executable, "-c", writer, str(target)], cwd=ROOT, stdout=subprocess.PIPE)
         proc.stdout.readline()
-        time.sleep(delay)
+        tmp = tmp_path / f".last.ckpt.{proc.pid}.tmp"  # exists only while atomic_save writes
+        seen = read_checkpoint(target)["version"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and read_checkpoint(target)["version"] == seen:  # one version lands
+            time.sleep(0.01)
+        while time.monotonic() < deadline and not tmp.exists():  # then the next write starts
+            time.sleep(0.001)
+        assert proc.poll() is None, "the writer ended before it was killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        interrupted += tmp.exists()  # left behind: the kill landed mid-write
         ckpt = read_checkpoint(target)  # whole, never half-written
-        if "w" in ckpt:
-            assert torch.equal(ckpt["w"], torch.full((1_000_000,), float(ckpt["version"])))
+        assert torch.equal(ckpt["w"], torch.full((4_000_000,), float(ckpt["version"])))
+        versions.append(int(ckpt["version"]))
+    assert all(v >= 0 for v in versions), versions  # each writer landed at least one newer version
+    assert interrupted >= 1, "no kill landed during a write"
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".ckpt"] == ["last.ckpt"]
+
+
+def test_train_py_writes_every_checkpoint_through_the_atomic_writer(corpus, tmp_path):
+    """train.py run in a process where AtomicCheckpointIO records each file it saves."""
+    run_dir, record = tmp_path / "run", tmp_path / "saved.txt"
+    probe = (
+        "import runpy, sys\nfrom gpt.training.checkpoint_io import AtomicCheckpointIO\n"
+        "save = AtomicCheckpointIO.save_checkpoint\n"
+        "def recording(self, checkpoint, path, storage_options=None):\n"
+        f"    open({str(record)!r}, 'a').write(str(path) + '\\n')\n"
+        "    save(self, checkpoint, path, storage_options)\n"
+        "AtomicCheckpointIO.save_checkpoint = recording\n"
+        "sys.argv = sys.argv[1:]\nrunpy.run_path('train.py', run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe, "train.py", *TINY, *data_args(corpus, tmp_path),
+                           "trainer.max_steps=8", "trainer.val_check_interval=4", f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = {Path(p).name for p in record.read_text().split()}
+    assert written == {p.name for p in (run_dir / "checkpoints").glob("*.ckpt")} == {"best.ckpt", "last.ckpt"}
 
 
 def test_a_truncated_checkpoint_is_refused_naming_it_and_the_last_good_one(tmp_path):
