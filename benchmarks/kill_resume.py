@@ -39,7 +39,8 @@ TASKS = {
     ],
     "classify": [
         "task=classify", "data.path={tmp}/texts.tsv", "data.batch_size=4", "optim.warmup_steps=2",
-        "trainer.val_check_interval=4", "trainer.limit_val_batches=2", "trainer.max_steps=30", "checkpoint.every_n_steps=3",
+        "trainer.val_check_interval=4", "trainer.limit_val_batches=2", "trainer.max_steps=30",
+        "checkpoint.every_n_steps=3",
     ],
     "instruct": [
         "task=instruct", "data.path={tmp}/records.json", "task.response_tokens=2", "data.batch_size=4",

@@ -274,8 +274,9 @@ def test_train_py_writes_every_checkpoint_through_the_atomic_writer(corpus, tmp_
         "AtomicCheckpointIO.save_checkpoint = recording\n"
         "sys.argv = sys.argv[1:]\nrunpy.run_path('train.py', run_name='__main__')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe, "train.py", *TINY, *data_args(corpus, tmp_path),
-                           "trainer.max_steps=8", "trainer.val_check_interval=4", f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True,
+    args = [*TINY, *data_args(corpus, tmp_path), "trainer.max_steps=8", "trainer.val_check_interval=4",
+            f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run([sys.executable, "-c", probe, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = {Path(p).name for p in record.read_text().split()}
