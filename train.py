@@ -16,12 +16,14 @@ from omegaconf import DictConfig
 from gpt.cli import is_rank_zero, run_cli, user_errors
 from gpt.training.setup import (
     check_config,
+    check_same_run,
     check_sweep_can_run,
     instantiate_all,
     make_tokenizer,
     model_config,
     plain,
     resume_path,
+    run_identity,
     start_from,
     trainer_arguments,
 )
@@ -44,6 +46,7 @@ def train(cfg: DictConfig) -> None:
     from gpt.training.checkpoint_io import AtomicCheckpointIO
     from gpt.training.datamodule import TaskDataModule, per_device_batch_size
     from gpt.training.module import TaskModule
+    from gpt.training.spawn import send_back_test_records
 
     trainer = L.Trainer(
         **trainer_arguments(cfg),
@@ -53,6 +56,7 @@ def train(cfg: DictConfig) -> None:
         plugins=[AtomicCheckpointIO()],
     )
     check_sweep_can_run(trainer)
+    send_back_test_records(trainer)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them; no effect on CPU
 
@@ -68,9 +72,11 @@ def train(cfg: DictConfig) -> None:
     module = TaskModule(model=model_config(cfg, tokenizer.n_vocab), optim=plain(cfg.optim),
                         tokenizer=tokenizer.to_config(), task=task.to_config(), speed=plain(cfg.speed),
                         base_state=state)
+    module.run_identity = run_identity(cfg, module.hparams.model, trainer.world_size, datamodule.fingerprint())
     if ckpt is not None:
-        saved = read_checkpoint(ckpt, mmap=True).get("hyper_parameters", {}).get("model", {})
-        check_same_model(saved, module.hparams.model, ckpt)
+        saved = read_checkpoint(ckpt, mmap=True)
+        check_same_model(saved.get("hyper_parameters", {}).get("model", {}), module.hparams.model, ckpt)
+        check_same_run(saved.get("run_identity"), module.run_identity, list(cfg.resume.allow), ckpt)
     if trainer.is_global_zero:
         trainable, n_params = count_trainable(module.model)
         print(f"model: {n_params:,} parameters, {n_params * 4 / 2**20:.2f} MB in fp32; {trainable:,} trainable")

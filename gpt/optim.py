@@ -33,3 +33,14 @@ def adamw_with_schedule(
         optimizer, lambda step: warmup_cosine(step, optim["warmup_steps"], total_steps, optim["min_lr_ratio"])
     )
     return optimizer, schedule
+
+
+def set_optim_values(optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LambdaLR,
+                     optim: dict) -> None:
+    """Puts ``optim``'s lr, betas and weight decay into an optimizer and schedule restored from a checkpoint
+    (which hold the values they were saved with); the lr is the schedule's at its current step, as ``schedule``
+    itself computes it. On a fresh optimizer it changes nothing."""
+    schedule.base_lrs = [optim["lr"]] * len(optimizer.param_groups)
+    for group, decay, factor in zip(optimizer.param_groups, (optim["weight_decay"], 0.0), schedule.lr_lambdas):
+        group.update(initial_lr=optim["lr"], betas=tuple(optim["betas"]), weight_decay=decay,
+                     lr=optim["lr"] * factor(schedule.last_epoch))

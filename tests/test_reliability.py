@@ -3,6 +3,7 @@
 Most bad inputs are refused before Lightning is imported (a few seconds each); the resume test runs train.py
 three times on a tiny model (about a minute)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -12,12 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT
 from gpt.checkpoint import CheckpointError, atomic_save, read_checkpoint
 from gpt.data.sources.kjv import kjv_text
 from gpt.data.sampler import ResumableSampler
 from gpt.model import GPTConfig, GPTModel
+from gpt.optim import warmup_cosine
 from gpt.tokenizer import build_tokenizer
 
 TINY = [
@@ -42,42 +45,131 @@ def data_args(corpus, tmp_path) -> list[str]:
     return ["data=text_file", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}"]
 
 
-# ---------------------------------------------------------------- exact resume
+# ---------------------------------------------------------------- exact resume, for every task
+
+# Fine-tuning from random weights with GPT-2's tokenizer (the fine-tuning sources are not text corpora).
+FINETUNE = [
+    "model.n_layers=2", "model.emb_dim=32", "model.n_heads=2", "model.context_length=32", "model.drop_rate=0.1",
+    "data.batch_size=4", "optim.warmup_steps=2", "trainer.val_check_interval=4", "trainer.limit_val_batches=2",
+    "checkpoint.every_n_steps=4",
+]
+
+
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory):
+    """A small labeled-text file (task=classify) and a small Alpaca file (task=instruct)."""
+    tmp = tmp_path_factory.mktemp("labeled")
+    spam = [f"spam\tWIN a FREE prize {i}! Call 0800 now" for i in range(20)]
+    ham = [f"ham\tsee you at lunch on day {i}" for i in range(40)]
+    (tmp / "texts.tsv").write_text("\n".join(spam + ham) + "\n", encoding="utf-8")
+    records = [{"instruction": f"Add {i} and {i}.", "input": "", "output": f"{2 * i}."} for i in range(40)]
+    (tmp / "records.json").write_text(json.dumps(records), encoding="utf-8")
+    return tmp
+
+
+def task_args(task: str, corpus, labeled, tmp_path) -> list[str]:
+    if task == "pretrain":
+        return [*TINY, *data_args(corpus, tmp_path)]
+    if task == "classify":
+        return [*FINETUNE, "task=classify", f"data.path={labeled / 'texts.tsv'}"]
+    return [*FINETUNE, "task=instruct", f"data.path={labeled / 'records.json'}", "task.response_tokens=2"]
 
 
 def final_state(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(corpus, tmp_path):
-    common = [*TINY, *data_args(corpus, tmp_path), "trainer.max_steps=40", "ckpt_path=last"]
-    ref = run("train.py", *common, f"hydra.run.dir={tmp_path / 'ref'}")
-    assert ref.returncode == 0, ref.stderr[-2000:]
+def logged_steps(run_dir, tag: str = "train/loss") -> list[tuple[int, float]]:
+    """(step, value) of ``tag`` as logged by the last process that ran in ``run_dir``: its own event files
+    (events.out.tfevents.<time>.<host>.<pid>.<n>; validate, fit and test each start one)."""
+    files = sorted((run_dir / "tensorboard").glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns)
+    pid = files[-1].name.split(".")[-2]
+    logged = []
+    for path in files:
+        acc = EventAccumulator(str(path)).Reload()
+        if path.name.split(".")[-2] == pid and tag in acc.Tags()["scalars"]:
+            logged += [(e.step, e.value) for e in acc.Scalars(tag)]
+    return logged
 
-    run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "train.py", *common, f"hydra.run.dir={run_dir}"]
+
+def kill_after_second_checkpoint(cmd: list[str], run_dir) -> int:
+    """Starts ``cmd``, SIGKILLs it soon after its second last.ckpt lands; returns the step that checkpoint holds."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run_dir / "checkpoints" / "last.ckpt"
-    while proc.poll() is None and not last.exists():  # the step-4 checkpoint
-        time.sleep(0.05)
+    while proc.poll() is None and not last.exists():
+        time.sleep(0.02)
     first = last.stat().st_mtime_ns
-    while proc.poll() is None and last.stat().st_mtime_ns == first:  # the step-8 one: kill mid-step 9..12
-        time.sleep(0.05)
-    time.sleep(0.3)
+    while proc.poll() is None and last.stat().st_mtime_ns == first:
+        time.sleep(0.02)
+    time.sleep(0.1)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 0 < final_state(run_dir)["global_step"] < 40
+    return final_state(run_dir)["global_step"]
 
-    resumed = run("train.py", *common, f"hydra.run.dir={run_dir}")  # the same command: auto-resume
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+@pytest.mark.parametrize("task,steps", [("pretrain", 40), ("classify", 16), ("instruct", 16)])
+def test_sigkill_mid_run_then_resume_is_bit_identical(task, steps, corpus, labeled, tmp_path):
+    common = [f"trainer.max_steps={steps}", "ckpt_path=last", "trainer.log_every_n_steps=1"]
+    ref_args = [*task_args(task, corpus, labeled, tmp_path / "ref"), *common, f"hydra.run.dir={tmp_path / 'ref'}"]
+    ref = subprocess.Popen([sys.executable, "train.py", *ref_args], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # alongside the killed run, with its own token cache
+    run_dir = tmp_path / "killed"
+    args = [*task_args(task, corpus, labeled, tmp_path), *common, f"hydra.run.dir={run_dir}"]
+    killed_at = kill_after_second_checkpoint([sys.executable, "train.py", *args], run_dir)
+    assert 0 < killed_at < steps
+    resumed = run("train.py", *args)  # the same command: auto-resume
+    ref_out, ref_err = ref.communicate(timeout=600)
+    assert ref.returncode == 0 and resumed.returncode == 0, ref_err[-2000:] + resumed.stderr[-2000:]
+
+    # The resumed process trained only the steps after its checkpoint, and logged what the reference logged there.
+    ref_log, resumed_log = logged_steps(tmp_path / "ref"), logged_steps(run_dir)
+    assert [s for s, _ in ref_log] == list(range(steps))
+    assert [s for s, _ in resumed_log] == list(range(killed_at, steps))
+    assert resumed_log == ref_log[killed_at:]
     a, b = final_state(tmp_path / "ref"), final_state(run_dir)
-    assert a["global_step"] == b["global_step"] == 40
+    assert a["global_step"] == b["global_step"] == steps
+    assert a["state_dict"].keys() == b["state_dict"].keys()
     for name, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][name]), name
-    val = [line for line in ref.stdout.splitlines() if line.startswith("val/loss:")]
+    val = [line for line in ref_out.splitlines() if line.startswith("val/loss:")]
     assert val and val == [line for line in resumed.stdout.splitlines() if line.startswith("val/loss:")]
     assert (run_dir / ".hydra" / "config.yaml").is_file() and list((run_dir / ".hydra").glob("resume-*"))
+
+
+# ---------------------------------------------------------------- resume refuses drift
+
+
+def test_resume_refuses_changed_settings_or_data_and_applies_allowed_ones(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(kjv_text()[:20_000], encoding="utf-8")
+    run_dir = tmp_path / "run"
+    common = [*TINY, *data_args(corpus, tmp_path), "ckpt_path=last", f"hydra.run.dir={run_dir}"]
+    assert run("train.py", *common, "trainer.max_steps=8").returncode == 0
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+
+    changed = run("train.py", *common, "trainer.max_steps=16", "optim.lr=2e-3", "data.batch_size=4", "seed=7")
+    refused(changed, f"checkpoint {ckpt} was trained with other settings: data.batch_size=8 there, 4 here; "
+                     "optim.lr=0.001 there, 0.002 here; seed=42 there, 7 here; ")
+    assert "resume.allow=[data.batch_size,optim.lr,seed]" in changed.stderr
+    lines = kjv_text()[:20_000].splitlines()
+    corpus.write_text("\n".join(reversed(lines)), encoding="utf-8")  # same path and words (vocabulary), other text
+    refused(run("train.py", *common, "trainer.max_steps=16", f"data.cache_dir={tmp_path / 'cache2'}"),
+            "data.content=")
+    corpus.write_text(kjv_text()[:20_000], encoding="utf-8")
+    assert final_state(run_dir)["global_step"] == 8  # nothing trained by the refused runs
+
+    # Allowed: the new lr takes effect from the first resumed step. The rule for a longer max_steps: the schedule
+    # is the one a run planned for the new total from the start would follow (README, Reliability).
+    resumed = run("train.py", *common, "trainer.max_steps=16", "optim.lr=2e-3", "resume.allow=[optim.lr]",
+                  "trainer.log_every_n_steps=1")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    lr = logged_steps(run_dir, "train/lr")
+    assert [s for s, _ in lr] == list(range(8, 16))
+    assert [v for _, v in lr] == pytest.approx([2e-3 * warmup_cosine(s, 5, 16, 0.1) for s in range(8, 16)], rel=1e-6)
+    state = final_state(run_dir)
+    assert state["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 2e-3
+    assert state["run_identity"]["optim.lr"] == 2e-3  # the next resume compares with the new value
 
 
 def test_sampler_skips_what_was_trained_and_rebuilds_any_epoch():
@@ -126,6 +218,16 @@ def test_a_nan_loss_stops_training_before_its_update_and_its_checkpoint(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["epoch=0-step=1.ckpt"]  # only the good step was saved
 
 
+@pytest.mark.parametrize("task", ["classify", "instruct"])
+def test_fine_tuning_stops_on_a_nan_loss_in_one_line(task, labeled, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run("train.py", *task_args(task, None, labeled, tmp_path), "optim.lr=1e4", "trainer.max_steps=30",
+               f"hydra.run.dir={run_dir}")
+    refused(proc, "train/loss is nan at step ")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert not last.exists() or all(torch.isfinite(t).all() for t in final_state(run_dir)["state_dict"].values())
+
+
 # ---------------------------------------------------------------- atomic checkpoints
 
 
@@ -135,18 +237,50 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_p
     writer = (
         "import sys, torch\nfrom gpt.checkpoint import atomic_save\nprint('ready', flush=True)\n"
         "for i in range(10**6):\n"
-        "    atomic_save({'version': torch.tensor(i), 'w': torch.full((1_000_000,), float(i))}, sys.argv[1])\n"
+        "    atomic_save({'version': torch.tensor(i), 'w': torch.full((4_000_000,), float(i))}, sys.argv[1])\n"
     )
-    for delay in (0.2, 0.5, 0.9):
+    versions, interrupted = [], 0
+    for trial in range(3):
         proc = subprocess.Popen([sys.executable, "-c", writer, str(target)], cwd=ROOT, stdout=subprocess.PIPE)
         proc.stdout.readline()
-        time.sleep(delay)
+        tmp = tmp_path / f".last.ckpt.{proc.pid}.tmp"  # exists only while atomic_save writes
+        seen = read_checkpoint(target)["version"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and read_checkpoint(target)["version"] == seen:  # one version lands
+            time.sleep(0.01)
+        while time.monotonic() < deadline and not tmp.exists():  # then the next write starts
+            time.sleep(0.001)
+        assert proc.poll() is None, "the writer ended before it was killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        interrupted += tmp.exists()  # left behind: the kill landed mid-write
         ckpt = read_checkpoint(target)  # whole, never half-written
-        if "w" in ckpt:
-            assert torch.equal(ckpt["w"], torch.full((1_000_000,), float(ckpt["version"])))
+        assert torch.equal(ckpt["w"], torch.full((4_000_000,), float(ckpt["version"])))
+        versions.append(int(ckpt["version"]))
+    assert all(v >= 0 for v in versions), versions  # each writer landed at least one newer version
+    assert interrupted >= 1, "no kill landed during a write"
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".ckpt"] == ["last.ckpt"]
+
+
+def test_train_py_writes_every_checkpoint_through_the_atomic_writer(corpus, tmp_path):
+    """train.py run in a process where AtomicCheckpointIO records each file it saves."""
+    run_dir, record = tmp_path / "run", tmp_path / "saved.txt"
+    probe = (
+        "import runpy, sys\nfrom gpt.training.checkpoint_io import AtomicCheckpointIO\n"
+        "save = AtomicCheckpointIO.save_checkpoint\n"
+        "def recording(self, checkpoint, path, storage_options=None):\n"
+        f"    open({str(record)!r}, 'a').write(str(path) + '\\n')\n"
+        "    save(self, checkpoint, path, storage_options)\n"
+        "AtomicCheckpointIO.save_checkpoint = recording\n"
+        "sys.argv = sys.argv[1:]\nrunpy.run_path('train.py', run_name='__main__')\n"
+    )
+    args = [*TINY, *data_args(corpus, tmp_path), "trainer.max_steps=8", "trainer.val_check_interval=4",
+            f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run([sys.executable, "-c", probe, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = {Path(p).name for p in record.read_text().split()}
+    assert written == {p.name for p in (run_dir / "checkpoints").glob("*.ckpt")} == {"best.ckpt", "last.ckpt"}
 
 
 def test_a_truncated_checkpoint_is_refused_naming_it_and_the_last_good_one(tmp_path):

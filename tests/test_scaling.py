@@ -1,6 +1,9 @@
 """Scaling out on CPU, through the real train.py: 2 data-parallel processes (gloo) match 1 process step by step,
 write one run directory, and sweeps give one directory per job. Subprocesses, so no DDP state leaks into pytest."""
 
+import json
+import re
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -101,3 +104,30 @@ def test_fsdp_config_shards_by_transformer_block_and_saves_a_full_state_dict():
     assert type(strategy).__name__ == "FSDPStrategy" and strategy._state_dict_type == "full"
     assert strategy.kwargs["auto_wrap_policy"]._module_classes == {TransformerBlock}
     assert cfg.trainer.num_nodes == 2 and cfg.trainer.accelerator == "gpu"
+
+
+def test_two_processes_end_with_the_one_process_weights(runs):
+    tmp, _ = runs
+    one = torch.load(tmp / "one" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ddp = torch.load(tmp / "outputs" / "ddp" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ddp["global_step"] == one["global_step"] == STEPS
+    assert ddp["state_dict"].keys() == one["state_dict"].keys()
+    for name, weight in one["state_dict"].items():
+        torch.testing.assert_close(ddp["state_dict"][name], weight, rtol=0, atol=1e-5)
+
+
+def test_instruct_on_two_spawned_processes_answers_the_whole_test_split_in_order(tmp_path):
+    """ddp_spawn tests in worker processes: every rank's answers come back, in the test split's order."""
+    records = [{"instruction": f"Add {i} and {i}.", "input": "", "output": f"{2 * i}."} for i in range(60)]
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps(records), encoding="utf-8")
+    run_dir = tmp_path / "run"
+    out = run("train.py", "task=instruct", f"data.path={data}", "trainer=ddp_cpu", "model.n_layers=1",
+              "model.emb_dim=16", "model.n_heads=2", "model.context_length=32", "data.batch_size=4",
+              "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+              "task.response_tokens=2", f"hydra.run.dir={run_dir}").stdout
+    n_test = int(re.search(r"train/val/test \[\d+, \d+, (\d+)\]", out).group(1))
+    assert n_test % 2 == 1  # an odd split: the sampler pads one rank's share, and the padding must be cut
+    answers = json.loads((run_dir / "checkpoints" / "test_responses.json").read_text(encoding="utf-8"))
+    assert [a["instruction"] for a in answers] == [r["instruction"] for r in records[-n_test:]]
+    assert all("model_response" in a for a in answers)

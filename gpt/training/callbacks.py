@@ -65,8 +65,11 @@ class Throughput(L.Callback):
             pl_module.log("train/tokens_per_sec", (pl_module.tokens_seen - seen) / (time.perf_counter() - start),
                           prog_bar=True)
             self._start = None
-        pl_module.log("train/lr", trainer.optimizers[0].param_groups[0]["lr"])
         pl_module.log("train/tokens_seen", float(pl_module.tokens_seen))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        # The lr this update uses (after on_train_batch_end the schedule has already moved to the next step's).
+        pl_module.log("train/lr", optimizer.param_groups[0]["lr"])
 
 
 class TextSamples(L.Callback):

@@ -3,6 +3,7 @@ picks up exactly where it stopped."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import lightning as L
@@ -25,6 +26,17 @@ def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
     return global_batch_size // world_size
 
 
+def _update(digest, item) -> None:
+    """Hashes a dataset item: tensors by their bytes, sequences item by item, anything else by its repr."""
+    if isinstance(item, torch.Tensor):
+        digest.update(item.numpy().tobytes())
+    elif isinstance(item, (list, tuple)):
+        for part in item:
+            _update(digest, part)
+    else:
+        digest.update(repr(item).encode())
+
+
 class TaskDataModule(L.LightningDataModule):
     """``task``'s splits of ``source`` (built once, on first use), batched ``batch_size`` per process."""
 
@@ -39,6 +51,18 @@ class TaskDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
             self.splits = self.task.data(self.source, self.tokenizer, self.data, self.seed)
+
+    def fingerprint(self) -> str:
+        """The data's identity, cheap to compute: every split's length, and the first and last items of the
+        training and validation splits. A resumed run compares it with the checkpoint's."""
+        digest = hashlib.sha256()
+        for dataset in (self.splits.train, self.splits.val, self.splits.test):
+            n = 0 if dataset is None else len(dataset)
+            digest.update(str(n).encode())
+            if dataset is not self.splits.test:
+                for i in sorted({0, n - 1} - {-1}):
+                    _update(digest, dataset[i])
+        return digest.hexdigest()[:16]
 
     def _loader(self, dataset, collate, **kwargs) -> DataLoader:
         return DataLoader(dataset, batch_size=self.batch_size, collate_fn=collate, num_workers=self.num_workers,

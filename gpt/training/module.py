@@ -10,7 +10,7 @@ import torch.distributed as dist
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from gpt.model import GPTModel
-from gpt.optim import adamw_with_schedule
+from gpt.optim import adamw_with_schedule, set_optim_values
 from gpt.tasks import task_from_config
 from gpt.tokenizer import load_tokenizer
 
@@ -44,6 +44,7 @@ class TaskModule(L.LightningModule):
         self.tokens_seen = 0
         self._sums: dict[str, list[torch.Tensor]] = {}  # this epoch's metric -> [weighted sum, weight]
         self.test_records: list[dict] = []
+        self.run_identity: dict = {}  # the settings a resumed run must keep (train.py: setup.run_identity)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
@@ -120,8 +121,14 @@ class TaskModule(L.LightningModule):
                                                   self.trainer.estimated_stepping_batches, fused)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        # On resume the restored optimizer state holds the old lr, betas and weight decay: the configured ones
+        # (changed with resume.allow) take effect from the first resumed step, and train/lr logs them.
+        set_optim_values(self.trainer.optimizers[0], self.lr_schedulers(), self.hparams.optim)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen
+        checkpoint["run_identity"] = self.run_identity
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.tokens_seen = checkpoint.get("tokens_seen", 0)

@@ -158,3 +158,33 @@ def make_tokenizer(name: str, source) -> Tokenizer:
         raise UserError(f"tokenizer={name} builds its vocabulary from a text corpus; {source} is not one "
                          "(use tokenizer=gpt2)")
     return build_tokenizer(name, corpus_text(source))
+
+
+# Data settings that do not change what is trained or in which order (the content itself is fingerprinted).
+NOT_DATA_ORDER = ("source", "path", "cache_dir", "num_workers")
+
+
+def run_identity(cfg: DictConfig, model: dict, world_size: int, data_fingerprint: str) -> dict:
+    """What decides a run's data order and optimization, flat ("optim.lr" -> value): saved in every checkpoint, and
+    compared on resume. trainer.max_steps is not part of it: a resumed run may train longer (README, Reliability)."""
+    settings = {"seed": cfg.seed, "data.content": data_fingerprint, "trainer.processes": world_size,
+                "trainer.accumulate_grad_batches": cfg.trainer.accumulate_grad_batches,
+                "trainer.gradient_clip_val": cfg.trainer.gradient_clip_val}
+    settings.update({f"data.{k}": v for k, v in plain(cfg.data).items() if k not in NOT_DATA_ORDER})
+    for group, values in (("optim", plain(cfg.optim)), ("model", model), ("task", plain(cfg.task))):
+        settings.update({f"{group}.{k}": v for k, v in values.items()})
+    return settings
+
+
+def check_same_run(saved: dict | None, now: dict, allow: list[str], ckpt: Path) -> None:
+    """Refuses to resume ``ckpt`` with other settings than it was trained with, except those in ``allow``
+    (resume.allow). A checkpoint written before run identities were saved is not checked."""
+    if saved is None:
+        return
+    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k) and k not in allow)
+    if changed:
+        differences = "; ".join(f"{k}={saved.get(k)} there, {now.get(k)} here" for k in changed)
+        raise UserError(
+            f"checkpoint {ckpt} was trained with other settings: {differences}; resume with the checkpoint's "
+            f"settings, or allow the change with resume.allow=[{','.join(changed)}]"
+        )
