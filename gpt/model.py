@@ -298,7 +298,7 @@ class GPTModel(nn.Module):
         for block in self.trf_blocks:
             for part in (block.att, block.ff):
                 if not isinstance(getattr(part, "out_proj", None), nn.Linear):
-                    raise ValueError(f"model.scaled_init needs attention and feed-forward parts with an out_proj "
+                    raise UserError(f"model.scaled_init needs attention and feed-forward parts with an out_proj "
                                      f"Linear layer; {type(part).__name__} has none")
                 nn.init.normal_(part.out_proj.weight, mean=0.0, std=std)
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gpt.checks import check_positive, check_window
 from gpt.data.sources import corpus_text
 from gpt.errors import UserError
-from gpt.model import GPTConfig
-from gpt.tokenizer import Tokenizer, build_tokenizer
+from gpt.model import GPTConfig, check_fits
+from gpt.tokenizer import GPT2_VOCAB_SIZE, Tokenizer, build_tokenizer
 
 
 def absolute(path: str | None) -> str | None:
@@ -27,8 +28,10 @@ def plain(cfg: DictConfig) -> dict:
 def check_config(cfg: DictConfig) -> None:
     """Settings that are wrong whatever the data: refused in a second, before Lightning is imported."""
     if cfg.init_from is None:  # with init_from the model's shape comes from the weights, checked once they load
-        GPTConfig(**{**plain(cfg.model), "vocab_size": cfg.model.vocab_size or 1})
+        shape = GPTConfig(**{**plain(cfg.model), "vocab_size": cfg.model.vocab_size or GPT2_VOCAB_SIZE})
         check_window(cfg.data.max_length, cfg.model.context_length)
+        gpu = cfg.trainer.accelerator in ("gpu", "cuda") and torch.cuda.is_available()
+        check_fits(shape, torch.device("cuda" if gpu else "cpu"))  # before any data is read
     for name in ("max_length", "stride", "batch_size"):
         if name in cfg.data:
             check_positive(f"data.{name}", cfg.data[name])
