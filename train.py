@@ -59,7 +59,7 @@ def train(cfg: DictConfig) -> None:
     task = task_from_config(plain(cfg.task))
     state, tokenizer = start_from(cfg)
     source = hydra.utils.instantiate(cfg.data.source)
-    tokenizer = tokenizer or make_tokenizer(cfg.tokenizer.name, source)
+    tokenizer = tokenizer or make_tokenizer(plain(cfg.tokenizer), source)
     task.check_tokenizer(tokenizer)
     data = {k: v for k, v in plain(cfg.data).items() if k != "source"}
     batch_size = per_device_batch_size(cfg.data.batch_size, trainer.world_size)

@@ -142,11 +142,16 @@ def start_from(cfg: DictConfig) -> tuple[dict | None, Tokenizer | None]:
     return model.state_dict(), tokenizer
 
 
-def make_tokenizer(name: str, source) -> Tokenizer:
-    """GPT-2's BPE, or a word-level tokenizer whose vocabulary is built from the source's text."""
+def make_tokenizer(tokenizer: dict, source) -> Tokenizer:
+    """GPT-2's BPE, or a tokenizer whose vocabulary is built from the source's text (word-level, char, or a BPE
+    trained on it); ``tokenizer`` is the tokenizer config (conf/tokenizer/)."""
+    name = tokenizer["name"]
     if name == "gpt2":
         return build_tokenizer(name)
     if not hasattr(source, "documents"):
         raise ValueError(f"tokenizer={name} builds its vocabulary from a text corpus; {source} is not one "
                          "(use tokenizer=gpt2)")
-    return build_tokenizer(name, corpus_text(source))
+    options = {k: v for k, v in tokenizer.items() if k in ("vocab_size", "cache_dir")}
+    if "cache_dir" in options:
+        options["cache_dir"] = absolute(options["cache_dir"])
+    return build_tokenizer(name, corpus_text(source), **options)
