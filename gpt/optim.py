@@ -15,12 +15,12 @@ import torch
 
 
 def warmup_cosine_at(step: int, warmup_steps: int, progress: float, min_lr_ratio: float) -> float:
-    """LR multiplier: linear warmup from 0 to 1 over ``warmup_steps``, then a cosine from 1 at ``progress`` 0 down
-    to ``min_lr_ratio`` at ``progress`` 1 (the fraction of the run done, in steps or in time)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
+    """LR multiplier: a cosine from 1 at ``progress`` 0 down to ``min_lr_ratio`` at ``progress`` 1 (the fraction of
+    the run done, in steps or in time), capped by a linear warmup from 0 over the first ``warmup_steps`` steps
+    unless the run is over (a time budget that runs out during warmup still ends at the floor)."""
     progress = min(1.0, max(0.0, progress))
-    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    cosine = min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return min(cosine, (step + 1) / warmup_steps) if step < warmup_steps and progress < 1 else cosine
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
