@@ -1,8 +1,8 @@
-"""The learning-rate schedule over steps and over a wall-clock budget."""
+"""The learning-rate schedule over a wall-clock budget (the step schedule: tests/test_module.py)."""
 
 import pytest
 
-from gpt.optim import TimeBudget, warmup_cosine, warmup_cosine_at
+from gpt.optim import TimeBudget, warmup_cosine_at
 
 
 class FakeClock:
@@ -11,12 +11,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def test_step_schedule_warms_up_then_decays_to_its_floor_at_the_last_step():
-    assert warmup_cosine(0, 10, 100, 0.1) == pytest.approx(0.1)
-    assert warmup_cosine(10, 10, 100, 0.1) == pytest.approx(1.0)
-    assert warmup_cosine(100, 10, 100, 0.1) == pytest.approx(0.1)
 
 
 def test_time_budget_decays_to_the_floor_when_the_budget_is_spent():
