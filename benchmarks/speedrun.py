@@ -3,7 +3,7 @@ last 10% (held out), the way evaluate.py measures it, with the steps and tokens 
 
     python benchmarks/speedrun.py --text my.txt --budget 196              # experiment=speedrun on my.txt
     python benchmarks/speedrun.py --text my.txt --budget 196 -- optim.lr=2e-3   # the recipe plus overrides
-    python benchmarks/speedrun.py --ablation --budget 120                 # the KJV: the book's GPT, each part, the recipe
+    python benchmarks/speedrun.py --ablation --budget 120      # the KJV: the book's GPT, + each part, the recipe
 
 The ablation trains the book's GPT (the default config), then the book's GPT plus each part (``--parts``, one
 override string each, or several joined by spaces), then the recipe, all for the same budget. A part this checkout

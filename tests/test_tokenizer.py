@@ -70,7 +70,8 @@ def test_simple_v2_maps_unknown_words_and_keeps_endoftext():
 @pytest.mark.parametrize("name", ["simple_v1", "simple_v2", "gpt2", "char", "bpe"])
 def test_tokenizer_rebuilds_from_its_config(name, tmp_path):
     text = "In the beginning God created the heaven and the earth."
-    tok = build_tokenizer(name, text, vocab_size=300, cache_dir=tmp_path) if name == "bpe" else build_tokenizer(name, text)
+    options = {"vocab_size": 300, "cache_dir": tmp_path} if name == "bpe" else {}
+    tok = build_tokenizer(name, text, **options)
     again = load_tokenizer(tok.to_config())
     assert again.encode(text) == tok.encode(text)
     assert again.n_vocab == tok.n_vocab

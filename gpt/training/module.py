@@ -130,6 +130,9 @@ class TaskModule(L.LightningModule):
         if self.time_budget:
             self.time_budget.start()
             self._step_s, self._val_s, self._clock = None, None, time.monotonic()
+            limit = self.trainer.limit_val_batches
+            n_val = limit if isinstance(limit, int) else limit * len(self.trainer.datamodule.val_dataloader())
+            self._val_batches = int(n_val)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if not self.time_budget:
@@ -139,15 +142,13 @@ class TaskModule(L.LightningModule):
             self._step_s = now - last if self._step_s is None else 0.9 * self._step_s + 0.1 * (now - last)
         self._clock = now
         # Until a validation has been timed: a forward pass is about a third of a training step.
-        if self._val_s is not None or self._step_s is not None:
-            self.time_budget.tail_s = self._val_s if self._val_s is not None else self._step_s * self._val_batches() / 3
+        if self._val_s is not None:
+            self.time_budget.tail_s = self._val_s
+        elif self._step_s is not None:
+            self.time_budget.tail_s = self._step_s * self._val_batches / 3
         # Every process decides together (rank 0's clock), so none waits in an all-reduce for one that stopped.
         if self.trainer.strategy.broadcast(self.time_budget.done()):
             self.trainer.should_stop = True
-
-    def _val_batches(self) -> int:
-        limit = self.trainer.limit_val_batches
-        return limit if isinstance(limit, int) else int(limit * len(self.trainer.datamodule.val_dataloader()))
 
     def on_validation_start(self) -> None:
         self._val_started = time.monotonic()
