@@ -96,7 +96,7 @@ def test_bpe_budget_run_ends_on_time_and_its_checkpoint_alone_generates_and_eval
     corpus.write_text(kjv_text()[:60_000], encoding="utf-8")
     run_dir, tokenizer_cache = tmp_path / "run", tmp_path / "tokenizers"
     run("train.py", *TINY, "data=text_file", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
-        "tokenizer=bpe", "tokenizer.vocab_size=300", f"tokenizer.cache_dir={tokenizer_cache}", "budget_s=20",
+        "tokenizer=bpe", "tokenizer.vocab_size=300", f"tokenizer.cache_dir={tokenizer_cache}", "budget_s=12",
         "logger=none", f"hydra.run.dir={run_dir}")
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
