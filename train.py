@@ -7,14 +7,19 @@ the objects do the work. The task (gpt/tasks/) says what is trained; gpt/trainin
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import time
 
-import hydra
-from omegaconf import DictConfig
+STARTED = time.monotonic()  # a time budget (budget_s) counts from here: start-up and tokenizer training included
 
-from gpt.cli import is_rank_zero, run_cli, user_errors
-from gpt.training.setup import (
+import sys  # noqa: E402 (imports after STARTED, which they count in)
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from gpt.cli import is_rank_zero, run_cli, user_errors  # noqa: E402
+from gpt.training.recipe import fill_auto  # noqa: E402
+from gpt.training.setup import (  # noqa: E402
     check_config,
     check_same_run,
     check_sweep_can_run,
@@ -25,13 +30,18 @@ from gpt.training.setup import (
     resume_path,
     run_identity,
     start_from,
+    time_budget,
     trainer_arguments,
 )
 
 
 def train(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
+    # Each job of a -m sweep has its own budget, from its own start.
+    budget = time_budget(cfg, time.monotonic() if HydraConfig.get().mode == RunMode.MULTIRUN else STARTED)
+    fill_auto(cfg)  # sizes a recipe leaves to the corpus and the budget (experiment=speedrun)
     check_config(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     ckpt = resume_path(cfg.ckpt_path, run_dir)
@@ -63,7 +73,7 @@ def train(cfg: DictConfig) -> None:
     task = task_from_config(plain(cfg.task))
     state, tokenizer = start_from(cfg)
     source = hydra.utils.instantiate(cfg.data.source)
-    tokenizer = tokenizer or make_tokenizer(cfg.tokenizer.name, source)
+    tokenizer = tokenizer or make_tokenizer(plain(cfg.tokenizer), source)
     task.check_tokenizer(tokenizer)
     data = {k: v for k, v in plain(cfg.data).items() if k != "source"}
     batch_size = per_device_batch_size(cfg.data.batch_size, trainer.world_size)
@@ -71,7 +81,7 @@ def train(cfg: DictConfig) -> None:
     datamodule.setup()  # before the model: the data can decide its shape (a classifier's labels)
     module = TaskModule(model=model_config(cfg, tokenizer.n_vocab), optim=plain(cfg.optim),
                         tokenizer=tokenizer.to_config(), task=task.to_config(), speed=plain(cfg.speed),
-                        base_state=state)
+                        base_state=state, time_budget=budget)
     module.run_identity = run_identity(cfg, module.hparams.model, trainer.world_size, datamodule.fingerprint())
     if ckpt is not None:
         saved = read_checkpoint(ckpt, mmap=True)

@@ -1,4 +1,5 @@
-"""Text <-> token ids: the book's two word-level tokenizers and GPT-2's byte-pair encoding.
+"""Text <-> token ids: the book's two word-level tokenizers, GPT-2's byte-pair encoding, a character-level one and a
+byte-level BPE trained on your own text (Hugging Face ``tokenizers``).
 
 Every tokenizer here has the same small surface: ``encode(text, allowed_special=False) -> list[int]``,
 ``decode(ids) -> str``,
@@ -14,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import os
 import re
 from pathlib import Path
 from typing import Protocol
@@ -201,7 +203,109 @@ class StreamDecoder:
         return new
 
 
-TOKENIZERS = {"gpt2": GPT2Tokenizer, "simple_v1": SimpleTokenizerV1, "simple_v2": SimpleTokenizerV2}
+class CharTokenizer:
+    """One token per character of the training text, plus ``<|endoftext|>`` and ``<|unk|>`` (a character the
+    training text never had, e.g. in another text being evaluated)."""
+
+    name = "char"
+
+    def __init__(self, vocab: list[str]):
+        missing = [s for s in (ENDOFTEXT, UNKNOWN) if s not in vocab]
+        self.vocab = list(vocab) + missing
+        self.str_to_int = {s: i for i, s in enumerate(self.vocab)}
+        self.n_vocab = len(self.vocab)
+        self.eot_id, self.unk_id = self.str_to_int[ENDOFTEXT], self.str_to_int[UNKNOWN]
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        return cls(sorted(set(text.replace(ENDOFTEXT, ""))))
+
+    def encode(self, text: str, allowed_special: bool = False) -> list[int]:
+        """One id per character; a written ``<|endoftext|>`` is the special token only with ``allowed_special``."""
+        if not allowed_special:
+            return [self.str_to_int.get(c, self.unk_id) for c in text]
+        ids: list[int] = []
+        for i, part in enumerate(text.split(ENDOFTEXT)):
+            if i:
+                ids.append(self.eot_id)
+            ids.extend(self.str_to_int.get(c, self.unk_id) for c in part)
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.vocab[i] for i in ids)
+
+    def to_config(self) -> dict:
+        return {"name": self.name, "vocab": self.vocab}
+
+
+class BPETokenizer:
+    """A byte-level BPE (GPT-2's scheme: bytes, GPT-2's pre-tokenising regex, learned merges) trained on your text
+    with Hugging Face ``tokenizers``. A small vocabulary fits a small model and a small corpus: GPT-2's 50,257 tokens
+    make the output head most of a tiny model's step, and rare tokens barely train. ``to_config()`` carries the
+    whole vocabulary and merges (tokenizers' JSON), so a checkpoint alone rebuilds it."""
+
+    name = "bpe"
+
+    def __init__(self, serialized: str):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.serialized = serialized
+        self.hf = HFTokenizer.from_str(serialized)
+        self.n_vocab = self.hf.get_vocab_size()
+        self.eot_id = self.hf.token_to_id(ENDOFTEXT)
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int) -> BPETokenizer:
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        if vocab_size < 257:
+            raise UserError(f"tokenizer.vocab_size={vocab_size} is too small for a byte-level BPE: "
+                             "give at least 257 (256 bytes and <|endoftext|>)")
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[ENDOFTEXT], show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        hf.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
+        return cls(hf.to_str())
+
+    def encode(self, text: str, allowed_special: bool = False) -> list[int]:
+        """Encode text; a written ``<|endoftext|>`` becomes the special token only with ``allowed_special`` (else
+        its characters are encoded as text, in two pieces so that the tokenizer cannot match the special token)."""
+        if allowed_special:
+            return self.hf.encode(text, add_special_tokens=False).ids
+        parts = text.split(ENDOFTEXT)
+        ids = self.hf.encode(parts[0], add_special_tokens=False).ids
+        for part in parts[1:]:
+            for piece in (ENDOFTEXT[:2], ENDOFTEXT[2:] + part):
+                ids += self.hf.encode(piece, add_special_tokens=False).ids
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=False)
+
+    def to_config(self) -> dict:
+        return {"name": self.name, "serialized": self.serialized}
+
+
+def trained_bpe(text: str, vocab_size: int, cache_dir: str | Path) -> BPETokenizer:
+    """A BPE trained on ``text``, once: it is cached under ``cache_dir`` by the text's hash and the vocabulary size."""
+    key = hashlib.sha256(text.encode("utf-8"))
+    key.update(f"bpe-{vocab_size}".encode())
+    path = Path(cache_dir) / f"bpe-{key.hexdigest()[:32]}.json"
+    if path.is_file():
+        return BPETokenizer(path.read_text(encoding="utf-8"))
+    tokenizer = BPETokenizer.train(text, vocab_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(tokenizer.serialized, encoding="utf-8")
+    tmp.replace(path)  # atomic: a concurrent run reads a whole file or none
+    return tokenizer
+
+
+TOKENIZERS = {"gpt2": GPT2Tokenizer, "simple_v1": SimpleTokenizerV1, "simple_v2": SimpleTokenizerV2,
+              "char": CharTokenizer, "bpe": BPETokenizer}
 
 
 @functools.cache
@@ -210,14 +314,20 @@ def gpt2_tokenizer() -> GPT2Tokenizer:
     return GPT2Tokenizer()
 
 
-def build_tokenizer(name: str, text: str | None = None) -> Tokenizer:
-    """A tokenizer by name; the word-level ones build their vocabulary from ``text``."""
+def build_tokenizer(name: str, text: str | None = None, vocab_size: int | None = None,
+                    cache_dir: str | Path = ".cache/tokenizers") -> Tokenizer:
+    """A tokenizer by name; all but gpt2 build their vocabulary from ``text`` (bpe: ``vocab_size`` tokens, trained
+    once and cached under ``cache_dir``)."""
     if name not in TOKENIZERS:
         raise UserError(f"unknown tokenizer {name!r}; choose one of {sorted(TOKENIZERS)}")
     if name == "gpt2":
         return gpt2_tokenizer()
     if text is None:
         raise UserError(f"tokenizer {name!r} builds its vocabulary from a text; none was given")
+    if name == "bpe":
+        if vocab_size is None:
+            raise UserError("tokenizer=bpe needs a vocabulary size: tokenizer.vocab_size=N (e.g. 2048)")
+        return trained_bpe(text, vocab_size, cache_dir)
     return TOKENIZERS[name].from_text(text)
 
 
@@ -226,4 +336,6 @@ def load_tokenizer(config: dict) -> Tokenizer:
     name = config["name"]
     if name == "gpt2":
         return gpt2_tokenizer()
+    if name == "bpe":
+        return BPETokenizer(config["serialized"])
     return TOKENIZERS[name](config["vocab"])

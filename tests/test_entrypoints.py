@@ -100,3 +100,26 @@ def test_resume_continues_the_global_step(trained):
     assert ckpt["global_step"] == 40
     assert [step for step, _ in scalars(resumed, "val/loss")] == [39]
     assert min(step for step, _ in scalars(resumed, "train/loss")) >= 30
+
+
+def test_bpe_budget_run_ends_on_time_and_its_checkpoint_alone_generates_and_evaluates(tmp_path):
+    """tokenizer=bpe with budget_s: the run stops on its clock (no max_steps), its learning rate has decayed to the
+    floor, and generate.py / evaluate.py work from the checkpoint once the tokenizer's cache is gone."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(kjv_text()[:60_000], encoding="utf-8")
+    run_dir, tokenizer_cache = tmp_path / "run", tmp_path / "tokenizers"
+    run("train.py", *TINY, "data=text_file", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
+        "tokenizer=bpe", "tokenizer.vocab_size=300", f"tokenizer.cache_dir={tokenizer_cache}", "budget_s=12",
+        "logger=none", f"hydra.run.dir={run_dir}")
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["time_budget"]["progress"] == 1.0
+    assert saved["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(3e-3 * 0.1)  # optim.lr x min_lr_ratio
+    assert saved["hyper_parameters"]["tokenizer"]["name"] == "bpe"
+
+    for path in tokenizer_cache.iterdir():
+        path.unlink()
+    out = run("generate.py", f"ckpt={ckpt}", "prompt=And God said", "max_new_tokens=8", "temperature=0").stdout
+    assert out.startswith("And God said") and len(out.strip()) > len("And God said")
+    evaluated = run("evaluate.py", f"ckpt={ckpt}", f"data.path={corpus}").stdout
+    assert "bits per character:" in evaluated

@@ -6,6 +6,8 @@ from gpt.errors import UserError
 from gpt.tokenizer import (
     ENDOFTEXT,
     UNKNOWN,
+    BPETokenizer,
+    CharTokenizer,
     SimpleTokenizerV1,
     SimpleTokenizerV2,
     StreamDecoder,
@@ -103,15 +105,56 @@ def test_stream_decoder_of_a_word_tokenizer_keeps_its_spacing():
     assert "".join(decoder.push(i) for i in ids) + decoder.flush() == tok.decode(ids)
 
 
-@pytest.mark.parametrize("name", ["simple_v1", "simple_v2", "gpt2"])
-def test_tokenizer_rebuilds_from_its_config(name):
+@pytest.mark.parametrize("name", ["simple_v1", "simple_v2", "gpt2", "char", "bpe"])
+def test_tokenizer_rebuilds_from_its_config(name, tmp_path):
     text = "In the beginning God created the heaven and the earth."
-    tok = build_tokenizer(name, text)
+    options = {"vocab_size": 300, "cache_dir": tmp_path} if name == "bpe" else {}
+    tok = build_tokenizer(name, text, **options)
     again = load_tokenizer(tok.to_config())
     assert again.encode(text) == tok.encode(text)
     assert again.n_vocab == tok.n_vocab
 
 
 def test_unknown_tokenizer_name_is_an_error():
-    with pytest.raises(UserError, match="unknown tokenizer 'bpe'"):
-        build_tokenizer("bpe", "text")
+    with pytest.raises(UserError, match="unknown tokenizer 'nope'"):
+        build_tokenizer("nope", "text")
+
+
+TEXT = "In the beginning God created the heaven and the earth.\nAnd the earth was without form, and void; " * 20
+
+
+def test_char_round_trip_with_endoftext_and_unknown_characters():
+    tok = CharTokenizer.from_text(TEXT)
+    assert tok.n_vocab == len(set(TEXT)) + 2
+    assert tok.decode(tok.encode(TEXT)) == TEXT
+    ids = tok.encode(f"God{ENDOFTEXT}Zeus", allowed_special=True)
+    assert ids[3] == tok.eot_id and ids[4] == tok.unk_id  # Z never occurs in TEXT
+    assert tok.decode(ids) == f"God{ENDOFTEXT}{UNKNOWN}eus"
+
+
+def test_bpe_trains_to_its_vocabulary_size_and_round_trips_any_text(tmp_path):
+    tok = build_tokenizer("bpe", TEXT, vocab_size=300, cache_dir=tmp_path)
+    assert tok.n_vocab == 300
+    ids = tok.encode(TEXT)
+    assert len(ids) < len(TEXT) / 2  # merges learned: fewer tokens than bytes
+    assert tok.decode(ids) == TEXT
+    other = "Ζεύς said: \"naïve\" ☃ <|endoftext|> 123"  # bytes it never saw still encode: byte-level
+    assert tok.decode(tok.encode(other)) == other
+    assert tok.encode(f"a {ENDOFTEXT}", allowed_special=True)[-1] == tok.eot_id
+    assert tok.eot_id not in tok.encode(f"a {ENDOFTEXT}")  # typed, it is text unless allowed
+
+
+def test_bpe_is_trained_once_per_text_and_size(tmp_path, monkeypatch):
+    first = build_tokenizer("bpe", TEXT, vocab_size=280, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("bpe-*.json"))) == 1
+    monkeypatch.setattr(BPETokenizer, "train", lambda *a: pytest.fail("trained again instead of using the cache"))
+    assert build_tokenizer("bpe", TEXT, vocab_size=280, cache_dir=tmp_path).to_config() == first.to_config()
+    with pytest.raises(BaseException, match="trained again"):
+        build_tokenizer("bpe", TEXT + "more", vocab_size=280, cache_dir=tmp_path)
+
+
+def test_bpe_needs_a_sensible_vocabulary_size(tmp_path):
+    with pytest.raises(ValueError, match="tokenizer.vocab_size=N"):
+        build_tokenizer("bpe", TEXT, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="at least 257"):
+        build_tokenizer("bpe", TEXT, vocab_size=100, cache_dir=tmp_path)

@@ -4,13 +4,15 @@ run (speed, samples, non-finite losses, RNG state) is a callback (``gpt.training
 
 from __future__ import annotations
 
+import time
+
 import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from gpt.model import GPTModel
-from gpt.optim import adamw_with_schedule, set_optim_values
+from gpt.optim import TimeBudget, adamw_with_schedule, set_optim_values
 from gpt.tasks import task_from_config
 from gpt.tokenizer import load_tokenizer
 
@@ -22,12 +24,14 @@ class TaskModule(L.LightningModule):
     Hyperparameters are plain dicts, so ``gpt.tasks.load_trained`` rebuilds the model from a checkpoint with
     ``torch.load(weights_only=True)`` and without Lightning. ``speed`` (conf/speed/) changes how fast the step runs,
     never its maths: ``loss_chunk`` tokens of logits at a time and ``compile`` (torch.compile each block).
+    With a ``time_budget`` training stops when it is spent and the learning rate decays over it, not over max_steps.
     """
 
     def __init__(self, model: dict, optim: dict, tokenizer: dict, task: dict, speed: dict | None = None,
-                 base_state: dict | None = None):
+                 base_state: dict | None = None, time_budget: TimeBudget | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["base_state"])
+        self.save_hyperparameters(ignore=["base_state", "time_budget"])
+        self.time_budget = time_budget
         self.task = task_from_config(task)
         speed = speed or {"compile": False, "loss_chunk": None}
         self.task.loss_chunk = speed["loss_chunk"]
@@ -117,18 +121,54 @@ class TaskModule(L.LightningModule):
         # AdamW runs unfused.
         mixed = isinstance(getattr(self.trainer, "precision_plugin", None), MixedPrecision)
         fused = self.device.type in ("cpu", "cuda") and not (mixed and self.trainer.gradient_clip_val)
-        optimizer, schedule = adamw_with_schedule(self.parameters(), self.hparams.optim,
-                                                  self.trainer.estimated_stepping_batches, fused)
+        total = None if self.time_budget else self.trainer.estimated_stepping_batches
+        optimizer, schedule = adamw_with_schedule(self.parameters(), self.hparams.optim, total, fused,
+                                                  self.time_budget)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    # --- a time budget: stop when it is spent, keeping back the time the last validation will take ---------
     def on_train_start(self) -> None:
         # On resume the restored optimizer state holds the old lr, betas and weight decay: the configured ones
         # (changed with resume.allow) take effect from the first resumed step, and train/lr logs them.
         set_optim_values(self.trainer.optimizers[0], self.lr_schedulers(), self.hparams.optim)
+        if self.time_budget:
+            self.time_budget.start()
+            self._step_s, self._val_s, self._clock = None, None, time.monotonic()
+            limit = self.trainer.limit_val_batches
+            n_val = limit if isinstance(limit, int) else limit * len(self.trainer.datamodule.val_dataloader())
+            self._val_batches = int(n_val)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if not self.time_budget:
+            return
+        now, last = time.monotonic(), self._clock
+        if batch_idx > 0:  # the first step pays for warm-up: it says little about the next ones
+            self._step_s = now - last if self._step_s is None else 0.9 * self._step_s + 0.1 * (now - last)
+        self._clock = now
+        # Until a validation has been timed: a forward pass is about a third of a training step.
+        if self._val_s is not None:
+            self.time_budget.tail_s = self._val_s
+        elif self._step_s is not None:
+            self.time_budget.tail_s = self._step_s * self._val_batches / 3
+        # Every process decides together (rank 0's clock), so none waits in an all-reduce for one that stopped.
+        if self.trainer.strategy.broadcast(self.time_budget.done()):
+            self.trainer.should_stop = True
+
+    def on_validation_start(self) -> None:
+        self._val_started = time.monotonic()
+
+    def on_validation_end(self) -> None:
+        if self.time_budget and not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
+            self._val_s = time.monotonic() - self._val_started
+            self._clock = time.monotonic()  # the next step's time starts now
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["run_identity"] = self.run_identity
+        if self.time_budget:
+            checkpoint["time_budget"] = self.time_budget.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
+        if self.time_budget and "time_budget" in checkpoint:
+            self.time_budget.load_state_dict(checkpoint["time_budget"])

@@ -3,6 +3,7 @@ checkpoint to resume, the weights to start from and the tokenizer. Hydra stops h
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import hydra
@@ -35,7 +36,8 @@ def check_config(cfg: DictConfig) -> None:
     for name in ("max_length", "stride", "batch_size"):
         if name in cfg.data:
             check_positive(f"data.{name}", cfg.data[name])
-    check_positive("trainer.max_steps", cfg.trainer.max_steps)
+    if budget_seconds(cfg) is None:  # a time budget replaces max_steps
+        check_positive("trainer.max_steps", cfg.trainer.max_steps)
     check_positive("checkpoint.every_n_steps", cfg.checkpoint.every_n_steps)
 
 
@@ -57,10 +59,44 @@ def instantiate_all(cfg: DictConfig | None) -> list:
     return [hydra.utils.instantiate(c) for c in (cfg or {}).values() if c is not None]
 
 
+def budget_seconds(cfg: DictConfig) -> float | None:
+    """The run's wall-clock budget: ``budget_s`` or Lightning's ``trainer.max_time`` ("[DD:]HH:MM:SS" or a dict of
+    days/hours/minutes/seconds), or None."""
+    max_time = cfg.trainer.get("max_time")
+    if max_time is None:
+        return None if cfg.get("budget_s") is None else float(cfg.budget_s)
+    if cfg.get("budget_s") is not None:
+        raise ValueError("give budget_s or trainer.max_time, not both")
+    if not isinstance(max_time, str):
+        return timedelta(**plain(max_time)).total_seconds()
+    try:
+        fields = [float(f) for f in max_time.split(":")]
+    except ValueError:
+        fields = []
+    if not 1 <= len(fields) <= 4:
+        raise ValueError(f"trainer.max_time={max_time!r} is not a duration; write DD:HH:MM:SS or HH:MM:SS, "
+                         "e.g. trainer.max_time=00:05:00 (or budget_s=300)")
+    return sum(f * unit for f, unit in zip(reversed(fields), (1, 60, 3600, 86400)))
+
+
+# Kept back from a time budget for what follows training (the last checkpoint, the sample, exit): the whole command,
+# start-up and tokenizer training included, ends within the budget.
+BUDGET_RESERVE = 0.03
+
+
+def time_budget(cfg: DictConfig, started: float):
+    """A ``gpt.optim.TimeBudget`` counted from ``started`` (time.monotonic() at the process's start), or None."""
+    from gpt.optim import TimeBudget
+
+    seconds = budget_seconds(cfg)
+    return None if seconds is None else TimeBudget(seconds, started, reserve_s=BUDGET_RESERVE * seconds)
+
+
 def trainer_arguments(cfg: DictConfig) -> dict:
     """cfg.trainer as lightning.Trainer's arguments; a value given as a ``_target_`` (the fsdp strategy, a
     profiler) becomes the object. trainer.precision=auto becomes this machine's precision, in cfg too, so that
-    speed's settings follow it."""
+    speed's settings follow it. A time budget (budget_s, trainer.max_time) is ours, not Lightning's: it replaces
+    max_steps, and the module stops on it (see gpt.optim.TimeBudget)."""
     from gpt.cli import is_rank_zero
     from gpt.hardware import resolve_precision
 
@@ -68,6 +104,9 @@ def trainer_arguments(cfg: DictConfig) -> dict:
     if is_rank_zero():
         print(f"precision: {cfg.trainer.precision} ({why})")
     args = plain(cfg.trainer)
+    if budget_seconds(cfg) is not None:
+        args.pop("max_time", None)
+        args["max_steps"] = -1
     for key, value in args.items():
         if isinstance(value, dict) and "_target_" in value:
             args[key] = hydra.utils.instantiate(cfg.trainer[key])
@@ -153,14 +192,19 @@ def start_from(cfg: DictConfig) -> tuple[dict | None, Tokenizer | None]:
     return model.state_dict(), tokenizer
 
 
-def make_tokenizer(name: str, source) -> Tokenizer:
-    """GPT-2's BPE, or a word-level tokenizer whose vocabulary is built from the source's text."""
+def make_tokenizer(tokenizer: dict, source) -> Tokenizer:
+    """GPT-2's BPE, or a tokenizer whose vocabulary is built from the source's text (word-level, char, or a BPE
+    trained on it); ``tokenizer`` is the tokenizer config (conf/tokenizer/)."""
+    name = tokenizer["name"]
     if name == "gpt2":
         return build_tokenizer(name)
     if not hasattr(source, "documents"):
         raise UserError(f"tokenizer={name} builds its vocabulary from a text corpus; {source} is not one "
                          "(use tokenizer=gpt2)")
-    return build_tokenizer(name, corpus_text(source))
+    options = {k: v for k, v in tokenizer.items() if k in ("vocab_size", "cache_dir")}
+    if "cache_dir" in options:
+        options["cache_dir"] = absolute(options["cache_dir"])
+    return build_tokenizer(name, corpus_text(source), **options)
 
 
 # Data settings that do not change what is trained or in which order (the content itself is fingerprinted).
