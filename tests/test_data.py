@@ -57,7 +57,7 @@ def test_token_cache_is_compact_memory_mapped_and_reused(gpt2_tokenizer, tmp_pat
     ids = token_ids(InMemory(text), gpt2_tokenizer, tmp_path)
     (shard,) = ids._shards()
     assert isinstance(shard, np.memmap) and shard.dtype == np.uint16
-    assert ids.tolist() == gpt2_tokenizer.encode(text)
+    assert ids.tolist() == gpt2_tokenizer.encode(text, allowed_special=True)
     monkeypatch.setattr(gpt2_tokenizer, "encode", lambda _: pytest.fail("tokenized twice"))
     assert token_ids(InMemory(text), gpt2_tokenizer, tmp_path).tolist() == ids.tolist()
     assert len(list(tmp_path.glob("shards/*.npy"))) == 1
@@ -98,7 +98,7 @@ def test_datamodule_shuffles_train_only_by_its_seed(gpt2_tokenizer, tmp_path):
     train.sampler.set_epoch(1)  # each epoch its own order, drawn from data seed + epoch (not the global RNG)
     assert not torch.equal(a, first(train))
     assert torch.equal(first(dm.val_dataloader()), first(dm.val_dataloader()))
-    assert len(dm.splits.train.ids) + len(dm.splits.val.ids) == len(gpt2_tokenizer.encode(text))
+    assert len(dm.splits.train.ids) + len(dm.splits.val.ids) == len(gpt2_tokenizer.encode(text, allowed_special=True))
 
 
 def test_corpus_too_short_for_one_window_is_a_clear_error(gpt2_tokenizer, tmp_path):
@@ -148,9 +148,9 @@ def test_chunks_cut_only_where_encoding_cannot_change(gpt2_tokenizer, size):
     text = TRICKY * 5
     chunks = list(safe_chunks(text, size))
     assert "".join(chunks) == text and len(chunks) > 20
-    assert [i for c in chunks for i in gpt2_tokenizer.encode(c)] == gpt2_tokenizer.encode(text)
+    assert [i for c in chunks for i in gpt2_tokenizer.encode(c, allowed_special=True)] == gpt2_tokenizer.encode(text, allowed_special=True)
     simple = SimpleTokenizerV2.from_text(text)
-    assert [i for c in chunks for i in simple.encode(c)] == simple.encode(text)
+    assert [i for c in chunks for i in simple.encode(c, allowed_special=True)] == simple.encode(text, allowed_special=True)
 
 
 def test_streamed_token_cache_equals_encoding_the_whole_text(gpt2_tokenizer, shared_file, tmp_path, monkeypatch):
@@ -158,6 +158,6 @@ def test_streamed_token_cache_equals_encoding_the_whole_text(gpt2_tokenizer, sha
     monkeypatch.setattr(gpt.data.tokens, "CHUNK_CHARS", 500)  # ~40 chunks, in and out of a queue of a few
     monkeypatch.setattr(gpt.data.encode, "IN_FLIGHT_PER_THREAD", 1)
     ids = token_ids(InMemory(text), gpt2_tokenizer, tmp_path)
-    assert ids.tolist() == gpt2_tokenizer.encode(text)
+    assert ids.tolist() == gpt2_tokenizer.encode(text, allowed_special=True)
     assert not list(tmp_path.rglob("*.tmp"))  # no temporary files left
     assert len(token_ids(InMemory(""), gpt2_tokenizer, tmp_path)) == 0

@@ -63,10 +63,10 @@ def test_sharded_cache_equals_encoding_the_whole_text(gpt2_tokenizer, tmp_path, 
     tok = gpt2_tokenizer if tokenizer == "gpt2" else SimpleTokenizerV2.from_text(text)
     ids = token_ids(source, tok, tmp_path / "cache")
     assert len(ids.paths) == len(FILES)  # one shard per file
-    assert ids.tolist() == tok.encode(text)
+    assert ids.tolist() == tok.encode(text, allowed_special=True)
     monkeypatch.setattr(gpt.data.tokens, "SHARD_TOKENS", 10)  # and a large file in several shards
     ids = token_ids(source, tok, tmp_path / "cache")
-    assert len(ids.paths) > len(FILES) + 2 and ids.tolist() == tok.encode(text)
+    assert len(ids.paths) > len(FILES) + 2 and ids.tolist() == tok.encode(text, allowed_special=True)
 
 
 def test_windows_and_sampler_span_shard_boundaries(tmp_path):
@@ -103,7 +103,7 @@ def test_changed_file_invalidates_only_its_shard(gpt2_tokenizer, tmp_path, monke
     (corpus / "b.txt").write_text("a new second file\n", encoding="utf-8")
     ids = token_ids(Folder(str(corpus)), gpt2_tokenizer, cache)
     assert built == [1]
-    assert ids.tolist() == gpt2_tokenizer.encode(corpus_text(Folder(str(corpus))))
+    assert ids.tolist() == gpt2_tokenizer.encode(corpus_text(Folder(str(corpus))), allowed_special=True)
     kept = [p for p in ids.paths if p.name in before]  # the old shard of b.txt stays, unused
     assert len(kept) == len(FILES) - 1 and all(p.stat().st_mtime_ns == before[p.name] for p in kept)
 
@@ -146,7 +146,7 @@ from gpt.tokenizer import GPT2Tokenizer
 
 tok = GPT2Tokenizer()
 encode, built = tok.encode, []
-tok.encode = lambda text: time.sleep(float(sys.argv[3])) or encode(text)  # slow enough to be caught midway
+tok.encode = lambda text, **kw: time.sleep(float(sys.argv[3])) or encode(text, **kw)  # slow enough to be caught midway
 real = t._build
 t._build = lambda parts, i, *a: built.append(i) or real(parts, i, *a)
 t.CHUNK_CHARS, t.SHARD_TOKENS = 2000, int(sys.argv[4])
@@ -200,7 +200,7 @@ def test_two_processes_building_at_once_end_with_one_valid_cache(gpt2_tokenizer,
     assert all(p.returncode == 0 for p in procs), results
     built, lengths = zip(*[map(int, out.split()) for out, _ in results])
     assert sorted(built) == [0, 4]  # one process encoded everything, the other found it done
-    assert lengths[0] == lengths[1] == len(gpt2_tokenizer.encode(corpus_text(Folder(str(corpus)))))
+    assert lengths[0] == lengths[1] == len(gpt2_tokenizer.encode(corpus_text(Folder(str(corpus))), allowed_special=True))
     assert len(list((cache / "shards").glob("*.npy"))) == 4
 
 
@@ -217,7 +217,7 @@ def write_jsonl(folder: Path) -> Path:
 
 def test_jsonl_source_and_its_errors(gpt2_tokenizer, tmp_path):
     folder = write_jsonl(tmp_path / "data")
-    want = gpt2_tokenizer.encode(" <|endoftext|> ".join(r["text"] for r in RECORDS))
+    want = gpt2_tokenizer.encode(" <|endoftext|> ".join(r["text"] for r in RECORDS), allowed_special=True)
     assert token_ids(JsonlFiles(str(folder)), gpt2_tokenizer, tmp_path / "cache").tolist() == want
     (folder / "part-1.jsonl").write_text('{"body": "x"}\n')
     with pytest.raises(CorpusError, match=r"part-1.jsonl:1: no text field 'text' \(found \['body'\]\)"):
@@ -231,7 +231,7 @@ def test_hf_source_on_a_local_jsonl_folder(gpt2_tokenizer, tmp_path):
     pytest.importorskip("datasets")
     folder = write_jsonl(tmp_path / "data")
     ids = token_ids(HFDataset(str(folder)), gpt2_tokenizer, tmp_path / "cache")
-    assert ids.tolist() == gpt2_tokenizer.encode(" <|endoftext|> ".join(r["text"] for r in RECORDS))
+    assert ids.tolist() == gpt2_tokenizer.encode(" <|endoftext|> ".join(r["text"] for r in RECORDS), allowed_special=True)
     assert len(ids.paths) == 2
     with pytest.raises(CorpusError, match="no text field 'body'"):
         token_ids(HFDataset(str(folder), text_field="body"), gpt2_tokenizer, tmp_path / "cache")
