@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from gpt.errors import UserError
+
 
 def warmup_cosine_at(step: int, warmup_steps: int, progress: float, min_lr_ratio: float) -> float:
     """LR multiplier: a cosine from 1 at ``progress`` 0 down to ``min_lr_ratio`` at ``progress`` 1 (the fraction of
@@ -42,7 +44,7 @@ class TimeBudget:
     def __init__(self, budget_s: float, started: float, reserve_s: float = 0.0,
                  clock: Callable[[], float] = time.monotonic):
         if budget_s <= 0:
-            raise ValueError(f"budget_s={budget_s}: a time budget must be a positive number of seconds")
+            raise UserError(f"budget_s={budget_s}: a time budget must be a positive number of seconds")
         self.budget_s, self.started, self.reserve_s, self.clock = budget_s, started, reserve_s, clock
         self.spent_before, self.progress_before = 0.0, 0.0
         self.tail_s = 0.0

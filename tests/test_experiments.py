@@ -7,6 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from gpt.training.recipe import fill_auto
 from gpt.training.setup import check_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -26,8 +27,9 @@ def test_every_task_has_a_recipe():
 def test_experiment_is_global_and_valid(name):
     """Each recipe sets root keys (not keys under experiment.*) and passes train.py's config checks."""
     assert (CONF / "experiment" / f"{name}.yaml").read_text().startswith("# @package _global_")
-    cfg = composed(f"experiment={name}")
+    cfg = composed(f"experiment={name}", *(["budget_s=60"] if name == "speedrun" else []))
     assert "experiment" not in cfg or cfg.experiment is None
+    fill_auto(cfg)  # what train.py does first: sizes a recipe leaves to the corpus and the budget
     check_config(cfg)  # the model shape is a valid GPTConfig and the data window fits its context
 
 

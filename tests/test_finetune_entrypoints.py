@@ -21,7 +21,7 @@ QUICK = ["optim.warmup_steps=2", "trainer.max_steps=4", "trainer.val_check_inter
 
 
 def val_loss_before_and_after(stdout: str) -> tuple[float, float]:
-    before = float(re.search(r"^before training: .*val/loss (\S+)", stdout, re.M).group(1))
+    before = float(re.search(r"^before training: .*val/loss ([0-9.]+)", stdout, re.M).group(1))
     after = float(re.search(r"^val/loss: (\S+)", stdout, re.M).group(1))
     return before, after
 

@@ -16,6 +16,8 @@ import math
 
 from omegaconf import DictConfig, OmegaConf
 
+from gpt.errors import UserError
+
 AUTO = "auto"
 
 
@@ -39,7 +41,7 @@ def fill_auto(cfg: DictConfig) -> None:
 
     budget = budget_seconds(cfg)
     if budget is None:
-        raise ValueError(f"{', '.join(keys)}=auto are sized from a time budget: give budget_s=<seconds>")
+        raise UserError(f"{', '.join(keys)}=auto are sized from a time budget: give budget_s=<seconds>")
     n_chars = len(corpus_text(hydra.utils.instantiate(cfg.data.source)))
     sizes = speedrun_sizes(n_chars, budget)
     for key in keys:

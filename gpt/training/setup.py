@@ -66,7 +66,7 @@ def budget_seconds(cfg: DictConfig) -> float | None:
     if max_time is None:
         return None if cfg.get("budget_s") is None else float(cfg.budget_s)
     if cfg.get("budget_s") is not None:
-        raise ValueError("give budget_s or trainer.max_time, not both")
+        raise UserError("give budget_s or trainer.max_time, not both")
     if not isinstance(max_time, str):
         return timedelta(**plain(max_time)).total_seconds()
     try:
@@ -74,7 +74,7 @@ def budget_seconds(cfg: DictConfig) -> float | None:
     except ValueError:
         fields = []
     if not 1 <= len(fields) <= 4:
-        raise ValueError(f"trainer.max_time={max_time!r} is not a duration; write DD:HH:MM:SS or HH:MM:SS, "
+        raise UserError(f"trainer.max_time={max_time!r} is not a duration; write DD:HH:MM:SS or HH:MM:SS, "
                          "e.g. trainer.max_time=00:05:00 (or budget_s=300)")
     return sum(f * unit for f, unit in zip(reversed(fields), (1, 60, 3600, 86400)))
 
