@@ -336,7 +336,7 @@ def bad_files(tmp_path):
 
 BAD_TRAIN = {
     "unknown model": (["model=gpt5"], "unknown model config 'gpt5'; choose one of: gpt2-large"),
-    "unknown tokenizer": (["tokenizer=bpe9"], "unknown tokenizer config 'bpe9'; choose one of: gpt2, simple_v1"),
+    "unknown tokenizer": (["tokenizer=bpe9"], "unknown tokenizer config 'bpe9'; choose one of: bpe, char, gpt2, simple_v1"),
     "unknown data": (["data=web"], "unknown data config 'web'; choose one of: folder, hf, instruction, jsonl, kjv, labeled_text, sms_spam, text_file"),
     "unknown trainer": (["trainer=tpu"], "unknown trainer config 'tpu'; choose one of: cpu, ddp, ddp_cpu, fsdp, gpu"),
     "emb_dim % n_heads": (["model.emb_dim=30", "model.n_heads=4"], "model.emb_dim=30 is not divisible by model.n_heads=4"),
