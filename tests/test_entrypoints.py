@@ -15,6 +15,7 @@ TINY = [
     "data.batch_size=8", "optim.lr=3e-3", "optim.warmup_steps=5",
     "trainer.val_check_interval=10", "trainer.limit_val_batches=4", "trainer.log_every_n_steps=5",
     "sample.max_new_tokens=5", "checkpoint.every_n_steps=10",
+    "trainer.precision=32-true",  # the same numbers on every host (precision=auto picks bf16 where the CPU has it)
 ]
 
 

@@ -444,8 +444,11 @@ def test_generate_refuses_bad_input_in_one_line(case, tiny_checkpoint, tmp_path)
     assert proc.stdout == ""  # not even the prompt was echoed
 
 
-def test_chat_reads_a_line_that_is_not_utf8_with_replacement_characters(tiny_checkpoint):
-    ckpt, _ = tiny_checkpoint
+def test_chat_reads_a_line_that_is_not_utf8_with_replacement_characters(tiny_checkpoint, tmp_path):
+    saved = torch.load(tiny_checkpoint[0], weights_only=True)
+    saved["hyper_parameters"]["task"] = {"name": "instruct"}  # chat=true takes an instruction-tuned model
+    ckpt = tmp_path / "instruct.ckpt"
+    atomic_save(saved, ckpt)
     env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}  # as in a UTF-8 locale; the C locale would escape
     proc = subprocess.run([sys.executable, "generate.py", f"ckpt={ckpt}", "chat=true", "max_new_tokens=2"], cwd=ROOT,
                           input=b"caf\xe9 au lait\nAnd God said\n/exit\n", capture_output=True, timeout=600, env=env)
