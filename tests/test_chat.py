@@ -1,30 +1,10 @@
 """gpt/chat.py: a typed <|endoftext|> cannot forge the end of a turn, and replies stream as whole characters."""
 
-import torch
-import torch.nn as nn
-
+from conftest import ScriptedModel
 from gpt.chat import chat
 from gpt.data.sources.alpaca import format_input
-from gpt.model import GPTConfig
 
 EOT = 50256
-
-
-class ScriptedModel(nn.Module):
-    """Answers with the next token of ``script`` at every call, whatever it is shown; records what it was shown."""
-
-    def __init__(self, script: list[int]):
-        super().__init__()
-        self.cfg = GPTConfig(vocab_size=EOT + 1, context_length=512, emb_dim=2, n_heads=1, n_layers=1, drop_rate=0.0,
-                             qkv_bias=False, tie_weights=False)
-        self.dummy = nn.Parameter(torch.zeros(1))
-        self.script, self.seen = list(script), []
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        self.seen.append(idx[0].tolist())
-        logits = torch.zeros(idx.shape[0], idx.shape[1], EOT + 1)
-        logits[:, -1, self.script.pop(0)] = 1.0
-        return logits
 
 
 def test_a_typed_endoftext_is_text_unless_allowed(gpt2_tokenizer):

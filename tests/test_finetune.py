@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import ScriptedModel
 from gpt.data.sources.alpaca import format_input
 from gpt.data.sources.labeled import read_labeled
 from gpt.data.split import split
@@ -158,22 +159,6 @@ def test_merged_weights_give_the_adapters_outputs_and_leave_a_tied_embedding_alo
 
 
 # --- chat ---------------------------------------------------------------------------------------------------------
-
-class ScriptedModel(nn.Module):
-    """Answers with the next token of ``script`` at every call, whatever it is shown; records what it was shown."""
-
-    def __init__(self, script: list[int], context_length: int = 512):
-        super().__init__()
-        self.cfg = GPTConfig(vocab_size=EOT + 1, context_length=context_length, emb_dim=2, n_heads=1, n_layers=1,
-                             drop_rate=0.0, qkv_bias=False, tie_weights=False)
-        self.dummy = nn.Parameter(torch.zeros(1))
-        self.script, self.seen = list(script), []
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        self.seen.append(idx[0].tolist())
-        logits = torch.zeros(idx.shape[0], idx.shape[1], EOT + 1)
-        logits[:, -1, self.script.pop(0)] = 1.0
-        return logits
 
 
 def test_chat_streams_each_token_keeps_history_resets_and_exits(gpt2_tokenizer):
