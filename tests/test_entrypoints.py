@@ -114,9 +114,9 @@ def test_bpe_budget_run_ends_on_time_and_its_checkpoint_alone_generates_and_eval
         "logger=none", f"hydra.run.dir={run_dir}")
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-    # last.ckpt comes from the last every-10-steps save: near the end of the budget, the rate near its floor
-    assert saved["time_budget"]["progress"] >= 0.8
-    assert saved["lr_schedulers"][0]["_last_lr"][0] <= 3e-3 * 0.2  # optim.lr=3e-3 decays to x min_lr_ratio=0.1
+    # last.ckpt holds the run's end, not its last every-N-steps save: the budget spent, the rate at its floor
+    assert saved["time_budget"]["progress"] >= 0.99
+    assert saved["lr_schedulers"][0]["_last_lr"][0] <= 3e-3 * 0.1 * 1.01  # optim.lr=3e-3 decays to x min_lr_ratio
     assert saved["hyper_parameters"]["tokenizer"]["name"] == "bpe"
 
     for path in tokenizer_cache.iterdir():

@@ -7,11 +7,23 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from gpt.checkpoint import rng_states, set_rng_states
 from gpt.errors import UserError
 from gpt.generation import complete
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``save_last`` every N steps, and also where training ends between two of them (a time budget, a max_steps
+    that is not a multiple of N): Lightning's own writes last.ckpt at the end only if it never wrote one, so a
+    run's last.ckpt would hold an older state than the run ended with."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer) and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class NonFiniteLossError(UserError, ArithmeticError):
