@@ -92,3 +92,51 @@ def test_checkpoint_of_a_compiled_model_loads_into_an_uncompiled_one(gpt2_tokeni
     model, _, _ = load_trained(tmp_path / "compiled.ckpt")  # a plain GPTModel
     idx = torch.randint(0, 50257, (1, 16))
     assert torch.allclose(model(idx), module.model.eval()(idx), atol=1e-5)
+
+
+
+def test_bf16_mixed_keeps_adamw_fused_and_steps_with_clipped_gradients(gpt2_tokenizer, tmp_path):
+    """bf16 has no loss scaling: the fused AdamW's gradients are final before its step, and they are clipped."""
+    import lightning as L
+
+    from gpt.data.sources.text_file import TextFile
+    from gpt.tasks.pretrain import Pretrain
+    from gpt.training.datamodule import TaskDataModule
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("In the beginning God created the heaven and the earth. " * 40)
+    settings = dict(max_length=16, stride=16, val_ratio=0.2, cache_dir=tmp_path)
+    data = TaskDataModule(Pretrain(), TextFile(str(corpus)), gpt2_tokenizer, settings, batch_size=2, seed=0)
+    module = TaskModule(MODEL, OPTIM, gpt2_tokenizer.to_config(), PRETRAIN)
+    norms = []
+
+    def record(optimizer, args, kwargs):  # after optimizer.step(), whose closure ran the backward and the clipping
+        grads = [p.grad.float().norm() for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(torch.stack(grads).norm().item())
+
+    class Watch(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            trainer.optimizers[0].register_step_post_hook(record)
+
+    trainer = L.Trainer(max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        accelerator="cpu", precision="bf16-mixed", gradient_clip_val=0.01, callbacks=[Watch()])
+    trainer.fit(module, datamodule=data)
+    assert trainer.optimizers[0].defaults["fused"] is True
+    assert len(norms) == 3 and all(n <= 0.01 * 1.001 for n in norms)
+
+
+def test_16_mixed_with_clipping_runs_adamw_unfused():
+    """16-mixed's gradients stay scaled until a fused AdamW's own step, after Lightning's clipping would run."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    module = TaskModule(MODEL, OPTIM, {"name": "gpt2"}, PRETRAIN)
+
+    class FakeTrainer:
+        estimated_stepping_batches, gradient_clip_val = 100, 1.0
+        precision_plugin = MixedPrecision("16-mixed", "cpu")
+
+    module.trainer = FakeTrainer()  # type: ignore[assignment]
+    assert module.configure_optimizers()["optimizer"].defaults["fused"] is False
+    FakeTrainer.gradient_clip_val = None
+    assert module.configure_optimizers()["optimizer"].defaults["fused"] is True

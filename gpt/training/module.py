@@ -115,16 +115,32 @@ class TaskModule(L.LightningModule):
         ordered = [shard[i] for i in range(len(shards[0])) for shard in shards if i < len(shard)]
         return ordered[: len(self.trainer.datamodule.splits.test)]
 
+    def _bf16_mixed(self) -> bool:
+        """Lightning's mixed-precision plugin at bf16: autocast without loss scaling (not FSDP's own plugin)."""
+        plugin = getattr(self.trainer, "precision_plugin", None)
+        return isinstance(plugin, MixedPrecision) and plugin.precision == "bf16-mixed"
+
     def configure_optimizers(self):
-        # Lightning's mixed-precision plugin (bf16-mixed, 16-mixed) refuses to clip the gradients of a fused
-        # optimizer, which would unscale 16-mixed's gradients only inside its step, after the clipping: there,
-        # AdamW runs unfused.
-        mixed = isinstance(getattr(self.trainer, "precision_plugin", None), MixedPrecision)
-        fused = self.device.type in ("cpu", "cuda") and not (mixed and self.trainer.gradient_clip_val)
+        # A fused AdamW unscales 16-mixed's gradients only inside its step, after any clipping: with 16-mixed and
+        # clipping, AdamW runs unfused. bf16-mixed has no scaling, so it stays fused (configure_gradient_clipping).
+        plugin = getattr(self.trainer, "precision_plugin", None)
+        scaled = isinstance(plugin, MixedPrecision) and not self._bf16_mixed()
+        fused = self.device.type in ("cpu", "cuda") and not (scaled and self.trainer.gradient_clip_val)
         total = None if self.time_budget else self.trainer.estimated_stepping_batches
         optimizer, schedule = adamw_with_schedule(self.parameters(), self.hparams.optim, total, fused,
                                                   self.time_budget)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning's mixed-precision plugin refuses to clip a fused optimizer's gradients at any precision, as if
+        # they were scaled; bf16's are not, so they clip as they are (what the plugin would do without the check).
+        if not (self._bf16_mixed() and gradient_clip_val):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
 
     # --- a time budget: stop when it is spent, keeping back the time the last validation will take ---------
     def on_train_start(self) -> None:
