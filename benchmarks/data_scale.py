@@ -1,12 +1,14 @@
 """Data at scale: a synthetic corpus larger than memory through the sharded token cache.
 
-    python benchmarks/data_scale.py [--gb 5] [--file-mb 32] [--threads N] [--dir .cache/data_scale] [--keep]
+    python benchmarks/data_scale.py [--gb 5] [--file-mb 32] [--threads N] [--raw-gb G] [--dir .cache/data_scale] [--keep]
 
 1. writes --gb of text: the KJV repeated with its books shuffled, in files of --file-mb;
-2. encodes it with raw tiktoken (each file whole, encode_ordinary_batch on --threads threads, ids dropped);
+2. encodes it with raw tiktoken (each file whole, encode_ordinary_batch on --threads threads, ids dropped), or its
+   first --raw-gb GB of files (the files are alike: MB/s compare, and the baseline costs a fraction of the time);
 3. builds the token cache (data=folder's path: streamed, sharded) on the same threads: MB/s, peak RSS, cache size;
 4. trains 20 steps from the warm cache (python train.py data=folder ...): time to the first step, peak RSS;
-5. builds the cache again, SIGKILLs it at 50% of its shards, resumes it: the shards must be byte-identical.
+5. trains 20 steps from the warm cache on 2 processes (trainer=ddp_cpu): each process's peak RSS;
+6. builds the cache again, SIGKILLs it at 50% of its shards, resumes it: the shards must be byte-identical.
 Each measurement runs in its own process; peak RSS is that process's maximum resident set (wait4).
 """
 
@@ -31,7 +33,7 @@ from pathlib import Path
 from gpt.tokenizer import GPT2Tokenizer
 enc, threads = GPT2Tokenizer().encoding, int(sys.argv[2])
 t0, tokens = time.perf_counter(), 0
-for f in sorted(Path(sys.argv[1]).glob("*.txt")):
+for f in sorted(Path(sys.argv[1]).glob("*.txt"))[: int(sys.argv[3])]:
     text = f.read_text(encoding="utf-8")
     slices = [text[i : i + 65536] for i in range(0, len(text), 65536)]
     tokens += sum(map(len, enc.encode_ordinary_batch(slices, num_threads=threads)))
@@ -104,6 +106,7 @@ def main() -> None:
     p.add_argument("--gb", type=float, default=5.0, help="corpus size in GB (default 5)")
     p.add_argument("--file-mb", type=float, default=32.0, help="size of each corpus file in MB")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="encoding threads, both ways (all cores)")
+    p.add_argument("--raw-gb", type=float, default=None, help="raw tiktoken on this many GB of the files (all)")
     p.add_argument("--dir", type=Path, default=ROOT / ".cache" / "data_scale", help="where corpus and caches go")
     p.add_argument("--keep", action="store_true", help="keep the corpus and caches afterwards")
     a = p.parse_args()
@@ -120,16 +123,19 @@ def main() -> None:
     print(f"corpus: {mb:,.0f} MB in {n_files} files ({time.time() - t0:.0f} s to write); {a.threads} threads",
           flush=True)
 
-    out, _, raw_rss = run([sys.executable, "-c", RAW, str(corpus), str(a.threads)])
-    raw_s, raw_tokens = float(out.split()[0]), int(out.split()[1])
-    print(f"raw tiktoken:  {mb / raw_s:6.1f} MB/s  ({raw_tokens:,} tokens, peak RSS {raw_rss:,.0f} MB)", flush=True)
+    raw_files = n_files if a.raw_gb is None else max(1, min(n_files, round(a.raw_gb * 1000 / a.file_mb)))
+    raw_mb = mb * raw_files / n_files
+    out, _, raw_rss = run([sys.executable, "-c", RAW, str(corpus), str(a.threads), str(raw_files)])
+    raw_s, raw_tokens = float(out.split()[0]) * n_files / raw_files, int(out.split()[1])
+    print(f"raw tiktoken:  {mb / raw_s:6.1f} MB/s  ({raw_tokens:,} tokens in {raw_files} of {n_files} files, "
+          f"{raw_mb:,.0f} MB; peak RSS {raw_rss:,.0f} MB)", flush=True)
 
     out, _, prep_rss = run([sys.executable, "-c", PREP, str(corpus), str(cache), str(a.threads)])
     prep_s, tokens = float(out.split()[0]), int(out.split()[1])
     size = dir_bytes(cache / "shards", "*.npy") / 1e6
     print(f"token cache:   {mb / prep_s:6.1f} MB/s  = {raw_s / prep_s:.2f}x raw  ({tokens:,} tokens, "
           f"peak RSS {prep_rss:,.0f} MB, cache {size:,.0f} MB)", flush=True)
-    if tokens != raw_tokens:
+    if tokens != raw_tokens and raw_files == n_files:
         print(f"  note: {tokens - raw_tokens:+,} tokens against raw tiktoken's 64K-character slices (cut mid-word)")
 
     out, _, warm_rss = run([sys.executable, "-c", PREP, str(corpus), str(cache), str(a.threads)])
@@ -142,6 +148,13 @@ def main() -> None:
     first = next(float(line.split()[1]) for line in out.splitlines() if line.startswith("FIRST_STEP"))
     print(f"train 20 steps from the warm cache: first step after {first:.1f} s, all in {wall:.1f} s, "
           f"peak RSS {train_rss:,.0f} MB", flush=True)
+
+    out, _, _ = run([sys.executable, "train.py", "trainer=ddp_cpu", "data=folder", f"data.path={corpus}",
+                     f"data.cache_dir={cache}", "trainer.max_steps=20", f"hydra.run.dir={run_dir}_ddp",
+                     "+callbacks.first_step._target_=first_step.FirstStep"])
+    ranks = sorted(line.split()[1:] for line in out.splitlines() if line.startswith("PEAK_RSS"))
+    print("trainer=ddp_cpu, 20 steps from the warm cache: peak RSS " +
+          ", ".join(f"process {rank} {mb} MB" for rank, mb in ranks), flush=True)
 
     proc = prep(corpus, resumed, a.threads)
     while len(list((resumed / "shards").glob("*.json"))) < n_files / 2 and proc.poll() is None:
