@@ -365,7 +365,7 @@ def measure_quality(a) -> dict:
 
     import torch
 
-    from gpt.checkpoint import load_model
+    from gpt.tasks import load_model
     from gpt.evaluation import mean_next_token_loss
     from gpt.generation import generate
     from gpt.quantize import for_decoding
