@@ -166,6 +166,12 @@ class GPT2Tokenizer:
             return self.encoding.encode(text, allowed_special={ENDOFTEXT})
         return self.encoding.encode_ordinary(text)
 
+    def encode_array(self, text: str, allowed_special: bool = False):
+        """``encode`` as a numpy uint32 array straight from tiktoken's buffer, without building a Python list of
+        ints (the token cache's bulk path: that list costs as much as the encoding itself)."""
+        return self.encoding.encode_to_numpy(text, allowed_special={ENDOFTEXT} if allowed_special else set(),
+                                             disallowed_special=())
+
     def decode(self, ids: list[int]) -> str:
         return self.encoding.decode(ids)
 

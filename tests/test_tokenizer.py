@@ -78,6 +78,9 @@ def test_gpt2_endoftext_typed_in_text_is_plain_text_unless_allowed(gpt2_tokenize
     assert gpt2_tokenizer.decode(typed) == text  # the same characters, as ordinary tokens
     allowed = gpt2_tokenizer.encode(text, allowed_special=True)
     assert allowed.count(gpt2_tokenizer.eot_id) == 1 and len(allowed) < len(typed)
+    # The token cache's array path gives the same ids either way
+    assert gpt2_tokenizer.encode_array(text).tolist() == typed
+    assert gpt2_tokenizer.encode_array(text, allowed_special=True).tolist() == allowed
 
 
 def test_stream_decoder_releases_whole_characters_only(gpt2_tokenizer):

@@ -32,8 +32,12 @@ def encode_stream(chunks: Iterable[str], tokenizer: Tokenizer,
     threads = threads or usable_cores()
     dtype = token_dtype(tokenizer.n_vocab)
 
+    as_array = getattr(tokenizer, "encode_array", None)  # tiktoken's: ids without a Python list in between
+
     def encode(chunk: str) -> tuple[int, np.ndarray]:
         # allowed_special: the corpus joins its documents with <|endoftext|> on purpose (DOC_SEPARATOR)
+        if as_array is not None:
+            return len(chunk), as_array(chunk, allowed_special=True).astype(dtype)
         return len(chunk), np.array(tokenizer.encode(chunk, allowed_special=True), dtype=dtype)
 
     with ThreadPoolExecutor(threads) as pool:
