@@ -95,8 +95,10 @@ def test_checkpoint_of_a_compiled_model_loads_into_an_uncompiled_one(gpt2_tokeni
 
 
 
-def test_bf16_mixed_keeps_adamw_fused_and_steps_with_clipped_gradients(gpt2_tokenizer, tmp_path):
-    """bf16 has no loss scaling: the fused AdamW's gradients are final before its step, and they are clipped."""
+@pytest.mark.parametrize("algorithm", [None, "value"])
+def test_bf16_mixed_keeps_adamw_fused_and_steps_with_clipped_gradients(gpt2_tokenizer, tmp_path, algorithm):
+    """bf16 has no loss scaling: the fused AdamW's gradients are final before its step, and they are clipped (by
+    their norm, the default, or each by value)."""
     import lightning as L
 
     from gpt.data.sources.text_file import TextFile
@@ -111,8 +113,10 @@ def test_bf16_mixed_keeps_adamw_fused_and_steps_with_clipped_gradients(gpt2_toke
     norms = []
 
     def record(optimizer, args, kwargs):  # after optimizer.step(), whose closure ran the backward and the clipping
-        grads = [p.grad.float().norm() for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        norms.append(torch.stack(grads).norm().item())
+        grads = [p.grad.float() for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        by_value = algorithm == "value"
+        size = max(g.abs().max() for g in grads) if by_value else torch.stack([g.norm() for g in grads]).norm()
+        norms.append(size.item())
 
     class Watch(L.Callback):
         def on_train_start(self, trainer, pl_module):
@@ -120,7 +124,8 @@ def test_bf16_mixed_keeps_adamw_fused_and_steps_with_clipped_gradients(gpt2_toke
 
     trainer = L.Trainer(max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                        accelerator="cpu", precision="bf16-mixed", gradient_clip_val=0.01, callbacks=[Watch()])
+                        accelerator="cpu", precision="bf16-mixed", gradient_clip_val=0.01, gradient_clip_algorithm=algorithm,
+                        callbacks=[Watch()])
     trainer.fit(module, datamodule=data)
     assert trainer.optimizers[0].defaults["fused"] is True
     assert len(norms) == 3 and all(n <= 0.01 * 1.001 for n in norms)

@@ -9,7 +9,8 @@ import time
 import lightning as L
 import torch
 import torch.distributed as dist
-from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 
 from gpt.model import GPTModel
 from gpt.optim import TimeBudget, adamw_with_schedule, set_optim_values
@@ -123,8 +124,7 @@ class TaskModule(L.LightningModule):
     def configure_optimizers(self):
         # A fused AdamW unscales 16-mixed's gradients only inside its step, after any clipping: with 16-mixed and
         # clipping, AdamW runs unfused. bf16-mixed has no scaling, so it stays fused (configure_gradient_clipping).
-        plugin = getattr(self.trainer, "precision_plugin", None)
-        scaled = isinstance(plugin, MixedPrecision) and not self._bf16_mixed()
+        scaled = isinstance(getattr(self.trainer, "precision_plugin", None), MixedPrecision) and not self._bf16_mixed()
         fused = self.device.type in ("cpu", "cuda") and not (scaled and self.trainer.gradient_clip_val)
         total = None if self.time_budget else self.trainer.estimated_stepping_batches
         optimizer, schedule = adamw_with_schedule(self.parameters(), self.hparams.optim, total, fused,
@@ -133,14 +133,11 @@ class TaskModule(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # Lightning's mixed-precision plugin refuses to clip a fused optimizer's gradients at any precision, as if
-        # they were scaled; bf16's are not, so they clip as they are (what the plugin would do without the check).
+        # they were scaled; bf16's are not, so they go to the plain plugin's clipping, which the check guards.
         if not (self._bf16_mixed() and gradient_clip_val):
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        if gradient_clip_algorithm == "value":
-            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
-        else:
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        algorithm = GradClipAlgorithmType(gradient_clip_algorithm or "norm")  # Trainer's default: None = norm
+        Precision.clip_gradients(self.trainer.precision_plugin, optimizer, gradient_clip_val, algorithm)
 
     # --- a time budget: stop when it is spent, keeping back the time the last validation will take ---------
     def on_train_start(self) -> None:
