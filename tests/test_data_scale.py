@@ -145,8 +145,8 @@ from gpt.data.sources.folder import Folder
 from gpt.tokenizer import GPT2Tokenizer
 
 tok = GPT2Tokenizer()
-encode, built = tok.encode, []
-tok.encode = lambda text, **kw: time.sleep(float(sys.argv[3])) or encode(text, **kw)  # slow enough to be caught midway
+encode, built = tok.encode_array, []  # the cache's encoder, slow enough to be caught midway
+tok.encode_array = lambda text, **kw: time.sleep(float(sys.argv[3])) or encode(text, **kw)
 real = t._build
 t._build = lambda parts, i, *a: built.append(i) or real(parts, i, *a)
 t.CHUNK_CHARS, t.SHARD_TOKENS = 2000, int(sys.argv[4])
