@@ -25,7 +25,6 @@ def run(cfg: DictConfig) -> None:
 
     check_dtype(cfg.dtype, cfg.device)
     ckpt = cfg.ckpt and hydra.utils.to_absolute_path(cfg.ckpt)
-    check_dtype(cfg.dtype, cfg.device)
     model, tokenizer, task = load_for("evaluate", ckpt, cfg.pretrained, cfg.device)
     model = for_decoding(model, cfg.dtype, cfg.device)  # the perplexity a sampler with this dtype= would see
     text = corpus_text(hydra.utils.instantiate(cfg.data.source))

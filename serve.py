@@ -41,6 +41,7 @@ def run(cfg: DictConfig) -> None:
 
     from gpt.batching import BatchedDecoder
     from gpt.generation import check_sampling
+    from gpt.quantize import check_dtype, for_decoding, weight_bytes
     from gpt.server import ServeSettings, create_app
     from gpt.tasks import load_for
 
@@ -55,10 +56,13 @@ def run(cfg: DictConfig) -> None:
         raise UserError(f"max_tokens={cfg.max_tokens} is above max_tokens_limit={cfg.max_tokens_limit}")
     if cfg.api_key is not None and not str(cfg.api_key):
         raise UserError("api_key is empty; give a secret string, or leave it null for no key")
+    check_dtype(cfg.dtype, cfg.device)
     ckpt = cfg.ckpt and hydra.utils.to_absolute_path(cfg.ckpt)
     sock = listen(cfg.host, cfg.port)  # before the model loads: a taken port fails at once
     model, tokenizer, task = load_for("serve", ckpt, cfg.pretrained, cfg.device)
     check_sampling(cfg.temperature, cfg.top_k, cfg.top_p, model.cfg.vocab_size)
+    n_parameters = model.num_parameters()
+    model = for_decoding(model, cfg.dtype, cfg.device)
     model_id = cfg.model_name or (str(cfg.pretrained) if cfg.pretrained else "gpt-from-scratch")
     settings = ServeSettings(
         model_id=model_id, api_key=cfg.api_key and str(cfg.api_key), max_tokens=cfg.max_tokens,
@@ -71,8 +75,8 @@ def run(cfg: DictConfig) -> None:
     if host not in ("127.0.0.1", "::1", "localhost") and not cfg.api_key:
         print(f"warning: listening on {host} without an api_key: anyone who can reach it can use it", file=sys.stderr)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    print(f"serving {model_id} ({task.name}, {model.num_parameters():,} parameters, {torch.get_num_threads()} "
-          f"threads) at {url}: chat page {url}/, API {url}/v1", flush=True)
+    print(f"serving {model_id} ({task.name}, {n_parameters:,} parameters, {weight_bytes(model) / 1e6:.1f} MB of "
+          f"weights in {cfg.dtype}, {torch.get_num_threads()} threads) at {url}: chat page {url}/, API {url}/v1", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level=cfg.log_level, timeout_graceful_shutdown=2))
     server.run(sockets=[sock])
 

@@ -89,3 +89,27 @@ def test_weight_bytes_counts_a_tied_head_once():
                     qkv_bias=False, tie_weights=True)
     model = GPTModel(cfg)
     assert weight_bytes(model) == 4 * sum(p.numel() for p in model.parameters())  # parameters() yields it once
+
+
+needs_onednn_bf16 = pytest.mark.skipif(not quantize.packs_bf16("cpu"), reason="oneDNN runs no bf16 on this CPU")
+
+
+@needs_onednn_bf16
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_packed_bf16_linear_computes_what_the_bf16_linear_does(bias):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 200, bias=bias).to(torch.bfloat16)
+    packed = quantize.PackedLinear(linear)
+    for shape in [(1, 96), (3, 1, 96), (2, 17, 96)]:  # a decoding step, a batch of steps, a prompt
+        x = torch.randn(shape, dtype=torch.bfloat16)
+        torch.testing.assert_close(packed(x), linear(x), rtol=1e-2, atol=1e-2)
+        assert packed(x).dtype == torch.bfloat16
+
+
+@needs_onednn_bf16
+def test_bf16_decoding_on_a_cpu_packs_every_linear_layer_and_counts_its_bytes(trained, native_bf16_cpu):
+    linears = sum(isinstance(m, torch.nn.Linear) for m in trained.modules())
+    model = for_decoding(copy.deepcopy(trained), "bf16")
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert sum(isinstance(m, quantize.PackedLinear) for m in model.modules()) == linears
+    assert weight_bytes(model) == 2 * sum(p.numel() for p in trained.parameters())

@@ -87,6 +87,7 @@ class Server:
                 self.proc.kill()
                 pytest.fail(f"serve.py did not start:\n{''.join(seen)}")
             seen.append(line)
+        self.banner = seen[-1]
         self.url = re.search(r"at (http://127\.0\.0\.1:\d+)", seen[-1]).group(1)
 
     def stop(self) -> None:
@@ -112,9 +113,10 @@ def instruct_model(checkpoints):
     return load_model(checkpoints["instruct"], None)
 
 
-def generate_py(ckpt: Path, prompt: str, max_new_tokens: int) -> str:
+def generate_py(ckpt: Path, prompt: str, max_new_tokens: int, *overrides: str) -> str:
     proc = subprocess.run([sys.executable, "generate.py", f"ckpt={ckpt}", f"prompt={prompt}", "temperature=0",
-                           f"max_new_tokens={max_new_tokens}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           f"max_new_tokens={max_new_tokens}", *overrides], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.endswith("\n")
     return proc.stdout[:-1]  # generate.py ends its output with one newline
@@ -248,8 +250,22 @@ def test_16_concurrent_streams_each_equal_its_sequential_result(client):
     assert len(set(sequential)) > 2
 
 
+def test_serving_in_int8_answers_what_generate_py_answers_in_int8(checkpoints):
+    s = Server(f"ckpt={checkpoints['instruct']}", "dtype=int8", "max_tokens=12")
+    try:
+        assert "MB of weights in int8" in s.banner
+        reply = post(f"{s.url}/v1/chat/completions", {"model": MODEL, "temperature": 0, "max_tokens": 12,
+                                                         "messages": [{"role": "user", "content": "Count from 5."}]})
+    finally:
+        s.stop()
+    assert reply[0] == 200
+    assert reply[1]["choices"][0]["message"]["content"] == generate_py(checkpoints["instruct"], "Count from 5.", 12,
+                                                                       "dtype=int8")
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["port=0"], "give exactly one of ckpt=<checkpoint file or run directory> or pretrained="),
+    (["ckpt=CKPT", "dtype=fp16"], "dtype must be one of fp32, bf16, int8"),
     (["ckpt=CKPT", "port=PORT"], "cannot listen on 127.0.0.1:PORT"),
 ])
 def test_serve_py_refuses_bad_settings_in_one_line(server, checkpoints, overrides, message):
