@@ -612,7 +612,8 @@ def generate_section(a, peaks: dict, memory, bf16_cpu: bool) -> None:
         results = interleaved(a, jobs, a.rounds)
         # naive at batch 1 only, one round: minutes on a CPU; on a GPU (short of time) only without --quick
         if batch == 1 and not (cuda and a.quick):
-            results["naive"] = interleaved(a, {"naive": ("generate", {"impl": "naive", "batch": 1})}, 1)["naive"]
+            naive = {"impl": "naive", "batch": 1, "repeats": 1}  # one timed run after a warm-up: minutes each
+            results["naive"] = interleaved(a, {"naive": ("generate", naive)}, 1)["naive"]
         tps = {k: [r["tokens"] / r["s"] for r in rs] for k, rs in results.items() if rs}
         labels = [("naive", "naive re-forward, fp32"), ("ours", "ours, KV cache, fp32"),
                   *((f"ours-{d}", f"ours, KV cache, {d}") for d in dtypes[1:]), ("hf", "HF generate, fp32")]
