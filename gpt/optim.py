@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import torch
 
@@ -73,17 +73,101 @@ class TimeBudget:
         self.spent_before, self.progress_before = state["spent_s"], state["progress"]
 
 
-def adamw_with_schedule(
-    parameters, optim: dict, total_steps: int, fused: bool, budget: TimeBudget | None = None
+class Chained(torch.optim.Optimizer):
+    """Several optimizers over disjoint parameters, stepped as one, so that Lightning's automatic optimization,
+    the schedule and the checkpoint see a single optimizer. Its param_groups and state are theirs, read live
+    (loading a state dict replaces an optimizer's group dicts)."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+        super().__init__([g for o in optimizers for g in o.param_groups], {})
+
+    def add_param_group(self, group: dict) -> None:  # the groups belong to the parts (Optimizer.__init__ calls it)
+        pass
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    @param_groups.setter
+    def param_groups(self, value) -> None:  # Optimizer.__init__ sets it
+        pass
+
+    @property
+    def state(self) -> dict:
+        return {p: s for o in self.optimizers for p, s in o.state.items()}
+
+    @state.setter
+    def state(self, value) -> None:  # Optimizer.__init__ sets it
+        pass
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for o in self.optimizers:
+            o.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for o, s in zip(self.optimizers, state_dict["optimizers"], strict=True):
+            o.load_state_dict(s)
+
+
+ROLES = ("matrices", "vectors", "hidden")  # AdamW with weight decay, AdamW without, Muon
+
+
+def check_optimizer(name: str, strategy: str = "") -> None:
+    """Refuse an unknown ``optim.name``, and Muon under FSDP (``strategy``: the strategy's class path)."""
+    if name not in ("adamw", "muon"):
+        raise UserError(f"optim.name must be adamw or muon, got {name!r}")
+    if name == "muon" and "FSDP" in strategy:
+        raise UserError("optim.name=muon orthogonalizes whole weight matrices, which FSDP splits across GPUs; "
+                         "use trainer=ddp, or optim.name=adamw with FSDP")  # AdamW with weight decay, AdamW without, Muon
+
+
+def group_settings(role: str, optim: dict) -> dict:
+    """The peak lr, weight decay and (AdamW's) betas that a parameter group of ``role`` takes from ``optim``."""
+    if role == "hidden":
+        return {"lr": optim["lr"] * optim["muon_lr_scale"], "weight_decay": optim["weight_decay"]}
+    decay = optim["weight_decay"] if role == "matrices" else 0.0
+    return {"lr": optim["lr"], "weight_decay": decay, "betas": tuple(optim["betas"])}
+
+
+def optimizer_with_schedule(
+    parameters, optim: dict, total_steps: int, fused: bool, budget: TimeBudget | None = None,
+    hidden: Collection[torch.Tensor] = (),
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over the ``parameters`` that train, and its per-step schedule, fitted to ``total_steps`` or, given a
-    ``budget``, to its time; ``optim`` is the ``optim`` config."""
+    """The optimizer over the ``parameters`` that train, and its per-step schedule, fitted to ``total_steps`` or,
+    given a ``budget``, to its time; ``optim`` is the ``optim`` config.
+
+    ``optim.name=adamw``: AdamW over everything. ``muon``: Muon over the ``hidden`` weight matrices (the blocks'
+    linear layers) and AdamW over the rest (embeddings, output head, norms, biases), which Muon is not for. Muon
+    orthogonalizes each matrix's momentum (Newton-Schulz) so that every direction of the update moves at the same
+    rate; its step is scaled to AdamW's update size (Moonshot's rule), so lr and weight decay mean the same for
+    both, and ``muon_lr_scale`` multiplies the lr of Muon's matrices."""
+    check_optimizer(optim["name"])
     params = [p for p in parameters if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim["weight_decay"]},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), fused=fused)
+    muon = {id(p) for p in hidden} if optim["name"] == "muon" else set()
+    groups = {
+        "hidden": [p for p in params if id(p) in muon],
+        "matrices": [p for p in params if id(p) not in muon and p.dim() >= 2],
+        "vectors": [p for p in params if p.dim() < 2],
+    }
+    adamw = [{"params": groups[r], "role": r, **group_settings(r, optim)} for r in ("matrices", "vectors")]
+    optimizer = torch.optim.AdamW(adamw, fused=fused)
+    if groups["hidden"]:
+        hidden_group = {"params": groups["hidden"], "role": "hidden", **group_settings("hidden", optim)}
+        optimizer = Chained(optimizer, torch.optim.Muon([hidden_group], adjust_lr_fn="match_rms_adamw"))
     warmup, floor = optim["warmup_steps"], optim["min_lr_ratio"]
     if budget is None:
         multiplier = lambda step: warmup_cosine(step, warmup, total_steps, floor)  # noqa: E731
@@ -98,7 +182,8 @@ def set_optim_values(optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_
     """Puts ``optim``'s lr, betas and weight decay into an optimizer and schedule restored from a checkpoint
     (which hold the values they were saved with); the lr is the schedule's at its current step, as ``schedule``
     itself computes it. On a fresh optimizer it changes nothing."""
-    schedule.base_lrs = [optim["lr"]] * len(optimizer.param_groups)
-    for group, decay, factor in zip(optimizer.param_groups, (optim["weight_decay"], 0.0), schedule.lr_lambdas):
-        group.update(initial_lr=optim["lr"], betas=tuple(optim["betas"]), weight_decay=decay,
-                     lr=optim["lr"] * factor(schedule.last_epoch))
+    # A checkpoint from before groups had roles holds AdamW's two groups, in ROLES' order.
+    settings = [group_settings(group.get("role", ROLES[i]), optim) for i, group in enumerate(optimizer.param_groups)]
+    schedule.base_lrs = [s["lr"] for s in settings]
+    for group, values, factor in zip(optimizer.param_groups, settings, schedule.lr_lambdas):
+        group.update(values, initial_lr=values["lr"], lr=values["lr"] * factor(schedule.last_epoch))

@@ -10,7 +10,8 @@ from gpt.training.module import TaskModule
 
 MODEL = dict(vocab_size=50257, context_length=16, emb_dim=32, n_heads=2, n_layers=1, drop_rate=0.0, qkv_bias=True,
              tie_weights=True)
-OPTIM = dict(lr=1e-3, weight_decay=0.1, betas=[0.9, 0.95], warmup_steps=10, min_lr_ratio=0.1)
+OPTIM = dict(name="adamw", lr=1e-3, weight_decay=0.1, betas=[0.9, 0.95], warmup_steps=10, min_lr_ratio=0.1,
+             muon_lr_scale=1.0)
 PRETRAIN = {"_target_": "gpt.tasks.pretrain.Pretrain"}
 
 
@@ -145,3 +146,19 @@ def test_16_mixed_with_clipping_runs_adamw_unfused():
     assert module.configure_optimizers()["optimizer"].defaults["fused"] is False
     FakeTrainer.gradient_clip_val = None
     assert module.configure_optimizers()["optimizer"].defaults["fused"] is True
+
+
+def test_optim_name_muon_gives_the_blocks_linear_weights_to_muon():
+    from gpt.optim import Chained
+
+    module = TaskModule(MODEL, OPTIM | {"name": "muon"}, {"name": "gpt2"}, PRETRAIN)
+
+    class FakeTrainer:
+        estimated_stepping_batches = 100
+
+    module.trainer = FakeTrainer()  # type: ignore[assignment]
+    opt = module.configure_optimizers()["optimizer"]
+    assert isinstance(opt, Chained) and isinstance(opt.optimizers[1], torch.optim.Muon)
+    block = module.model.trf_blocks[0]
+    assert {id(p) for p in opt.optimizers[1].param_groups[0]["params"]} == {
+        id(m.weight) for m in block.modules() if isinstance(m, torch.nn.Linear)}

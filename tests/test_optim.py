@@ -1,6 +1,9 @@
 """The learning-rate schedule over a wall-clock budget (the step schedule: tests/test_module.py)."""
 
+import copy
+
 import pytest
+import torch
 
 from gpt.optim import TimeBudget, warmup_cosine_at
 
@@ -64,3 +67,82 @@ def test_time_budget_must_be_positive():
 def test_a_budget_spent_during_warmup_still_ends_at_the_floor():
     assert warmup_cosine_at(1, 30, 1.0, 0.1) == pytest.approx(0.1)
     assert warmup_cosine_at(1, 30, 0.0, 0.1) == pytest.approx(2 / 30)
+
+
+# ---------------------------------------------------------------- Muon on the blocks' matrices, AdamW on the rest
+
+MUON = dict(name="muon", lr=2e-3, weight_decay=0.1, betas=[0.9, 0.95], warmup_steps=2, min_lr_ratio=0.1,
+            muon_lr_scale=3.0)
+
+
+def small_model():
+    from gpt.model import GPTConfig, GPTModel
+
+    torch.manual_seed(0)
+    return GPTModel(GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=2, drop_rate=0.0,
+                              qkv_bias=True, tie_weights=True))
+
+
+def muon_optimizer(model, optim=MUON):
+    from gpt.optim import optimizer_with_schedule
+
+    hidden = [m.weight for m in model.trf_blocks.modules() if isinstance(m, torch.nn.Linear)]
+    return optimizer_with_schedule(model.parameters(), optim, 20, fused=False, hidden=hidden)
+
+
+def train_steps(model, optimizer, schedule, steps, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        ids = torch.randint(0, 64, (4, 17), generator=g)
+        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        schedule.step()
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_everything_else_once():
+    model = small_model()
+    optimizer, _ = muon_optimizer(model)
+    roles = {g["role"]: {id(p) for p in g["params"]} for g in optimizer.param_groups}
+    linears = {id(m.weight) for m in model.trf_blocks.modules() if isinstance(m, torch.nn.Linear)}
+    assert roles["hidden"] == linears
+    assert id(model.tok_emb.weight) in roles["matrices"]  # the embedding and the tied head stay with AdamW
+    assert sum(len(ids) for ids in roles.values()) == len(list(model.parameters()))
+    lrs = {g["role"]: g["initial_lr"] for g in optimizer.param_groups}
+    assert lrs == {"hidden": pytest.approx(6e-3), "matrices": 2e-3, "vectors": 2e-3}
+    with pytest.raises(ValueError, match="optim.name must be adamw or muon"):
+        muon_optimizer(model, MUON | {"name": "sgd"})
+
+
+def test_muon_resumes_from_its_state_exactly():
+    model = small_model()
+    optimizer, schedule = muon_optimizer(model)
+    train_steps(model, optimizer, schedule, 3)
+    saved = copy.deepcopy((model.state_dict(), optimizer.state_dict(), schedule.state_dict()))
+    train_steps(model, optimizer, schedule, 3, seed=2)
+
+    again = small_model()
+    again.load_state_dict(saved[0])
+    opt2, sched2 = muon_optimizer(again)
+    opt2.load_state_dict(saved[1])
+    sched2.load_state_dict(saved[2])
+    train_steps(again, opt2, sched2, 3, seed=2)
+    for a, b in zip(model.parameters(), again.parameters()):
+        assert torch.equal(a, b)
+    assert any(s.get("momentum_buffer") is not None for s in opt2.state.values())  # Muon's state came back
+
+
+def test_restored_groups_take_the_configured_lr_of_their_role():
+    from gpt.optim import set_optim_values
+
+    model = small_model()
+    optimizer, schedule = muon_optimizer(model)
+    train_steps(model, optimizer, schedule, 4)
+    set_optim_values(optimizer, schedule, MUON | {"lr": 1e-3, "muon_lr_scale": 5.0})
+    factor = schedule.lr_lambdas[0](schedule.last_epoch)
+    lrs = {g["role"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs == {"hidden": pytest.approx(5e-3 * factor), "matrices": pytest.approx(1e-3 * factor),
+                   "vectors": pytest.approx(1e-3 * factor)}
+    schedule.step()
+    assert optimizer.param_groups[-1]["lr"] == pytest.approx(5e-3 * schedule.lr_lambdas[0](schedule.last_epoch))

@@ -68,8 +68,8 @@ def labeled(tmp_path_factory):
 
 
 def task_args(task: str, corpus, labeled, tmp_path) -> list[str]:
-    if task == "pretrain":
-        return [*TINY, *data_args(corpus, tmp_path)]
+    if task == "pretrain":  # with Muon: its state and AdamW's, saved and restored as one optimizer
+        return [*TINY, *data_args(corpus, tmp_path), "optim.name=muon"]
     if task == "classify":
         return [*FINETUNE, "task=classify", f"data.path={labeled / 'texts.tsv'}"]
     return [*FINETUNE, "task=instruct", f"data.path={labeled / 'records.json'}", "task.response_tokens=2"]
@@ -346,6 +346,8 @@ BAD_TRAIN = {
     "stride": (["data.stride=0"], "data.stride must be positive, got 0"),
     "batch_size": (["data.batch_size=-2"], "data.batch_size must be positive, got -2"),
     "max_steps": (["trainer.max_steps=0"], "trainer.max_steps must be positive, got 0"),
+    "unknown optimizer": (["optim.name=sgd"], "optim.name must be adamw or muon, got 'sgd'"),
+    "muon under fsdp": (["optim.name=muon", "trainer=fsdp"], "which FSDP splits across GPUs; use trainer=ddp"),
     "missing corpus": (["data=text_file", "data.path={tmp}/nope.txt"], "corpus file {tmp}/nope.txt does not exist"),
     "empty corpus": (["data=text_file", "data.path={tmp}/empty.txt"], "corpus file {tmp}/empty.txt is empty"),
     "binary corpus": (["data=text_file", "data.path={tmp}/binary.txt"], "{tmp}/binary.txt is binary"),

@@ -13,7 +13,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities import GradClipAlgorithmType
 
 from gpt.model import GPTModel
-from gpt.optim import TimeBudget, adamw_with_schedule, set_optim_values
+from gpt.optim import TimeBudget, optimizer_with_schedule, set_optim_values
 from gpt.tasks import task_from_config
 from gpt.tokenizer import load_tokenizer
 
@@ -127,8 +127,9 @@ class TaskModule(L.LightningModule):
         scaled = isinstance(getattr(self.trainer, "precision_plugin", None), MixedPrecision) and not self._bf16_mixed()
         fused = self.device.type in ("cpu", "cuda") and not (scaled and self.trainer.gradient_clip_val)
         total = None if self.time_budget else self.trainer.estimated_stepping_batches
-        optimizer, schedule = adamw_with_schedule(self.parameters(), self.hparams.optim, total, fused,
-                                                  self.time_budget)
+        hidden = [m.weight for m in self.model.trf_blocks.modules() if isinstance(m, torch.nn.Linear)]
+        optimizer, schedule = optimizer_with_schedule(self.parameters(), self.hparams.optim, total, fused,
+                                                      self.time_budget, hidden)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

@@ -14,6 +14,7 @@ from gpt.checks import check_positive, check_window
 from gpt.data.sources import corpus_text
 from gpt.errors import UserError
 from gpt.model import GPTConfig, check_fits
+from gpt.optim import check_optimizer
 from gpt.tokenizer import GPT2_VOCAB_SIZE, Tokenizer, build_tokenizer
 
 
@@ -39,6 +40,8 @@ def check_config(cfg: DictConfig) -> None:
     if budget_seconds(cfg) is None:  # a time budget replaces max_steps
         check_positive("trainer.max_steps", cfg.trainer.max_steps)
     check_positive("checkpoint.every_n_steps", cfg.checkpoint.every_n_steps)
+    strategy = cfg.trainer.get("strategy")
+    check_optimizer(cfg.optim.name, str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else "")
 
 
 def model_config(cfg: DictConfig, n_vocab: int) -> dict:
