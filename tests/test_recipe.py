@@ -14,10 +14,16 @@ def test_vocabulary_grows_with_the_corpus_within_bounds():
     assert speedrun_sizes(10**9, 200)["tokenizer.vocab_size"] == 4096
 
 
-def test_width_grows_with_the_budget_and_heads_stay_32_wide():
+def test_width_grows_with_the_budget_and_heads_stay_64_wide():
     widths = [speedrun_sizes(10**6, b)["model.emb_dim"] for b in (30, 200, 600, 1800, 10**6)]
     assert widths == [128, 128, 192, 384, 512]
-    assert all(speedrun_sizes(10**6, b)["model.n_heads"] * 32 == w for b, w in zip((30, 200, 600, 1800), widths))
+    assert all(speedrun_sizes(10**6, b)["model.n_heads"] * 64 == w for b, w in zip((30, 200, 600, 1800), widths))
+
+
+def test_dropout_only_where_the_run_reads_the_text_many_times():
+    assert speedrun_sizes(900_000, 106)["model.drop_rate"] == 0.1  # 1 MB in 106 s: about 7 passes
+    assert speedrun_sizes(3_700_000, 88)["model.drop_rate"] == 0.0  # the KJV in 88 s: about 1.4
+    assert speedrun_sizes(3_700_000, 600)["model.drop_rate"] == 0.1
 
 
 def test_fill_auto_needs_a_budget_and_replaces_only_auto(tmp_path):
@@ -32,7 +38,10 @@ def test_fill_auto_needs_a_budget_and_replaces_only_auto(tmp_path):
         fill_auto(cfg)
     cfg.budget_s = 200
     fill_auto(cfg)
-    assert cfg.tokenizer.vocab_size == 512 and cfg.model.emb_dim == 96 and cfg.model.n_heads == 4
+    assert cfg.tokenizer.vocab_size == 512 and cfg.model.emb_dim == 96 and cfg.model.n_heads == 1  # heads of 96
+    cfg.model.update(emb_dim=320, n_heads="auto")
+    fill_auto(cfg)
+    assert cfg.model.n_heads == 5  # the heads of a given width divide it: 5 of 64
 
 
 @pytest.mark.parametrize("max_time, seconds", [("00:01:30", 90), ("01:00:00:05", 86405), ({"minutes": 2}, 120)])
