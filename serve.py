@@ -76,7 +76,8 @@ def run(cfg: DictConfig) -> None:
         print(f"warning: listening on {host} without an api_key: anyone who can reach it can use it", file=sys.stderr)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     print(f"serving {model_id} ({task.name}, {n_parameters:,} parameters, {weight_bytes(model) / 1e6:.1f} MB of "
-          f"weights in {cfg.dtype}, {torch.get_num_threads()} threads) at {url}: chat page {url}/, API {url}/v1", flush=True)
+          f"weights in {cfg.dtype}, {torch.get_num_threads()} threads) at {url}: chat page {url}/, API {url}/v1",
+          flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level=cfg.log_level, timeout_graceful_shutdown=2))
     server.run(sockets=[sock])
 

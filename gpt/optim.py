@@ -132,10 +132,7 @@ def check_optimizer(name: str, strategy: str = "") -> None:
         raise UserError(f"optim.name must be adamw or muon, got {name!r}")
     if name == "muon" and "FSDP" in strategy:
         raise UserError("optim.name=muon orthogonalizes whole weight matrices, which FSDP splits across GPUs; "
-                         "use trainer=ddp, or optim.name=adamw with FSDP")  # AdamW with weight decay, AdamW without, Muon
-
-
-OPTIM_DEFAULTS = {"name": "adamw", "muon_lr_scale": 1.0}  # for optim settings saved before Muon existed
+                         "use trainer=ddp, or optim.name=adamw with FSDP")
 
 
 def group_settings(role: str, optim: dict) -> dict:
@@ -158,7 +155,6 @@ def optimizer_with_schedule(
     orthogonalizes each matrix's momentum (Newton-Schulz) so that every direction of the update moves at the same
     rate; its step is scaled to AdamW's update size (Moonshot's rule), so lr and weight decay mean the same for
     both, and ``muon_lr_scale`` multiplies the lr of Muon's matrices."""
-    optim = OPTIM_DEFAULTS | dict(optim)
     check_optimizer(optim["name"])
     params = [p for p in parameters if p.requires_grad]
     muon = {id(p) for p in hidden} if optim["name"] == "muon" else set()
@@ -187,7 +183,6 @@ def set_optim_values(optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_
     (which hold the values they were saved with); the lr is the schedule's at its current step, as ``schedule``
     itself computes it. On a fresh optimizer it changes nothing."""
     # A checkpoint from before groups had roles holds AdamW's two groups, in ROLES' order.
-    optim = OPTIM_DEFAULTS | dict(optim)
     settings = [group_settings(group.get("role", ROLES[i]), optim) for i, group in enumerate(optimizer.param_groups)]
     schedule.base_lrs = [s["lr"] for s in settings]
     for group, values, factor in zip(optimizer.param_groups, settings, schedule.lr_lambdas):

@@ -125,8 +125,8 @@ def test_bf16_mixed_keeps_adamw_fused_and_steps_with_clipped_gradients(gpt2_toke
 
     trainer = L.Trainer(max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                        accelerator="cpu", precision="bf16-mixed", gradient_clip_val=0.01, gradient_clip_algorithm=algorithm,
-                        callbacks=[Watch()])
+                        accelerator="cpu", precision="bf16-mixed", gradient_clip_val=0.01,
+                        gradient_clip_algorithm=algorithm, callbacks=[Watch()])
     trainer.fit(module, datamodule=data)
     assert trainer.optimizers[0].defaults["fused"] is True
     assert len(norms) == 3 and all(n <= 0.01 * 1.001 for n in norms)

@@ -32,7 +32,8 @@ CHARS_PER_S = 60_000  # characters of text the recipe trains on per second (2-co
 
 def speedrun_sizes(n_chars: int, budget_s: float, emb_dim: int | None = None) -> dict:
     """``tokenizer.vocab_size``, ``model.emb_dim``, ``model.n_heads`` and ``model.drop_rate`` for a corpus of
-    ``n_chars`` characters trained for ``budget_s`` seconds; the heads divide ``emb_dim`` where it is given rather than chosen."""
+    ``n_chars`` characters trained for ``budget_s`` seconds; the heads divide ``emb_dim`` where it is given rather
+    than chosen."""
     vocab = 2 ** min(12, max(9, round(math.log2(max(n_chars, 1) / 1000))))
     emb_dim = emb_dim or 64 * min(8, max(2, round(math.sqrt(budget_s / 50))))
     heads = max(h for h in range(1, max(1, emb_dim // HEAD_DIM) + 1) if emb_dim % h == 0)
