@@ -133,6 +133,31 @@ def test_muon_resumes_from_its_state_exactly():
     assert any(s.get("momentum_buffer") is not None for s in opt2.state.values())  # Muon's state came back
 
 
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_batched_muon_makes_torchs_muon_updates_and_state(nesterov):
+    from gpt.optim import BatchedMuon
+
+    torch.manual_seed(0)
+    shapes = [(16, 16), (40, 16), (16, 40), (16, 16), (40, 16)]  # square, tall and wide; shapes repeat (batched)
+    ours = [torch.nn.Parameter(torch.randn(*s) * 0.02) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    settings = dict(lr=3e-3, weight_decay=0.1, nesterov=nesterov, adjust_lr_fn="match_rms_adamw")
+    batched, reference = BatchedMuon(ours, **settings), torch.optim.Muon(theirs, **settings)
+    start = [p.detach().clone() for p in ours]
+    for _ in range(3):
+        for a, b in zip(ours, theirs):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        batched.step()
+        reference.step()
+    for a, b, p0 in zip(ours, theirs, start):
+        assert not torch.equal(a, p0)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-3 * (b - p0).abs().max().item())
+    reference.load_state_dict(batched.state_dict())  # the same state: a checkpoint moves between the two
+    for a, b in zip(ours, theirs):
+        assert torch.equal(batched.state[a]["momentum_buffer"], reference.state[b]["momentum_buffer"])
+
+
 def test_restored_groups_take_the_configured_lr_of_their_role():
     from gpt.optim import set_optim_values
 
