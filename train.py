@@ -50,6 +50,7 @@ def train(cfg: DictConfig) -> None:
     import torch
 
     from gpt.checkpoint import check_same_model, read_checkpoint
+    from gpt.hardware import keep_freed_memory
     from gpt.lora import count_trainable
     from gpt.tasks import task_from_config
     from gpt.training.callbacks import NonFiniteLossError
@@ -69,6 +70,7 @@ def train(cfg: DictConfig) -> None:
     send_back_test_records(trainer)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them; no effect on CPU
+    keep_freed_memory()  # each step's large activations reused, not faulted in afresh (gpt/hardware.py)
 
     task = task_from_config(plain(cfg.task))
     state, tokenizer = start_from(cfg)

@@ -1,5 +1,10 @@
 """trainer.precision=auto: native bf16 read from the CPU's flags (faked here), never from the vendor name."""
 
+import os
+import platform
+import subprocess
+import sys
+
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -51,3 +56,34 @@ def test_train_py_resolves_auto_and_speed_follows_the_precision(monkeypatch, cap
     args = trainer_arguments(cfg)
     assert args["precision"] == precision and cfg.speed.loss_chunk == chunk
     assert capsys.readouterr().out.startswith(f"precision: {precision} (auto")
+
+
+FAULTS = """
+import resource, sys, torch
+from gpt.hardware import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    torch.ones(16 * 2**20).sum()  # a 64 MB block, allocated and freed, as each training step's activations
+before = faults()
+for _ in range(3):
+    torch.ones(16 * 2**20).sum()
+print(faults() - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_kept_memory_is_reused_without_faulting_its_pages_in_again():
+    """Without it, glibc gives the 64 MB back and each next step faults its 16,384 pages in again."""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}  # as a run in this process may have set
+
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", FAULTS, mode], cwd=ROOT, env=env, capture_output=True, text=True,
+                             check=True)
+        return int(out.stdout)
+
+    assert faults("default") > 3 * 16_000
+    assert faults("keep") < 1_000
+
