@@ -11,7 +11,7 @@ Three rules, all about what a short run on a small CPU can learn:
   bits/char, and fewer, larger attention products run faster on a CPU);
 - dropout follows how often the run will read the text: 0.1 where it reads it more than three times (a small text
   for the budget: at 88-106 s the 1 MB text went from 2.128 to 1.852 bits/char with it, while the KJV, read about
-  1.6 times, went from 1.697 to 1.738), else none. The passes are estimated from the ~60,000 characters a second
+  1.6 times, went from 1.697 to 1.738), else none. The passes are estimated from the ~80,000 characters a second
   the recipe trains on at 128 wide on a 2-core CPU.
 """
 
@@ -27,7 +27,7 @@ AUTO = "auto"
 
 
 HEAD_DIM = 64
-CHARS_PER_S = 60_000  # characters of text the recipe trains on per second (2-core Zen 4, bf16-mixed, 128 wide)
+CHARS_PER_S = 80_000  # characters the recipe trains on per second of its budget (2-core Zen 4, bf16-mixed, 3 x 128)
 
 
 def speedrun_sizes(n_chars: int, budget_s: float, emb_dim: int | None = None) -> dict:
