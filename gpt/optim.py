@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection
 
 import torch
+from torch.optim._muon import _adjust_lr as adjust_muon_lr  # torch's lr scaling per matrix shape (adjust_lr_fn)
 
 from gpt.errors import UserError
 
@@ -74,6 +75,14 @@ class TimeBudget:
         self.spent_before, self.progress_before = state["spent_s"], state["progress"]
 
 
+def closure_loss(closure: Callable[[], torch.Tensor] | None) -> torch.Tensor | None:
+    """What an optimizer's ``step(closure)`` returns: the loss the closure recomputes, with gradients on."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class Chained(torch.optim.Optimizer):
     """Several optimizers over disjoint parameters, stepped as one, so that Lightning's automatic optimization,
     the schedule and the checkpoint see a single optimizer. Its param_groups and state are theirs, read live
@@ -104,10 +113,7 @@ class Chained(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for o in self.optimizers:
             o.step()
         return loss
@@ -129,15 +135,12 @@ class BatchedMuon(torch.optim.Muon):
 
     torch.optim.Muon runs the iteration one matrix at a time (it has no foreach path), and a small model's matrices
     are so small that the per-operation overhead outweighs the arithmetic: the 14 matrices of a 2-layer, 128-wide
-    GPT took 13.5 ms a step on a 2-core Zen 4, batched 5.7 ms. The same update (Moonshot's lr scaling, which
-    ``optimizer_with_schedule`` asks for) and the same state, so a checkpoint of either loads into the other."""
+    GPT took 13.5 ms a step on a 2-core Zen 4, batched 5.7 ms. The same update and the same state, so a checkpoint
+    of either loads into the other."""
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             params, grads, buffers = [], [], []
             self._init_group(group, params, grads, buffers)
@@ -152,7 +155,7 @@ class BatchedMuon(torch.optim.Muon):
             for shape, members in by_shape.items():
                 stacked = torch.stack([updates[i] for i in members])
                 ortho = newton_schulz(stacked, group["ns_coefficients"], group["ns_steps"], group["eps"])
-                scaled_lr = lr * 0.2 * math.sqrt(max(shape))  # the update's RMS matched to AdamW's (Moonshot)
+                scaled_lr = adjust_muon_lr(lr, group["adjust_lr_fn"], shape)  # torch's rule for the group's choice
                 for i, update in zip(members, ortho):
                     params[i].mul_(1 - lr * group["weight_decay"]).add_(update, alpha=-scaled_lr)
         return loss

@@ -133,15 +133,15 @@ def test_muon_resumes_from_its_state_exactly():
     assert any(s.get("momentum_buffer") is not None for s in opt2.state.values())  # Muon's state came back
 
 
-@pytest.mark.parametrize("nesterov", [True, False])
-def test_batched_muon_makes_torchs_muon_updates_and_state(nesterov):
+@pytest.mark.parametrize("nesterov,adjust_lr_fn", [(True, "match_rms_adamw"), (False, None)])
+def test_batched_muon_makes_torchs_muon_updates_and_state(nesterov, adjust_lr_fn):
     from gpt.optim import BatchedMuon
 
     torch.manual_seed(0)
     shapes = [(16, 16), (40, 16), (16, 40), (16, 16), (40, 16)]  # square, tall and wide; shapes repeat (batched)
     ours = [torch.nn.Parameter(torch.randn(*s) * 0.02) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
-    settings = dict(lr=3e-3, weight_decay=0.1, nesterov=nesterov, adjust_lr_fn="match_rms_adamw")
+    settings = dict(lr=3e-3, weight_decay=0.1, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
     batched, reference = BatchedMuon(ours, **settings), torch.optim.Muon(theirs, **settings)
     start = [p.detach().clone() for p in ours]
     for _ in range(3):
