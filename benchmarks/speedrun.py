@@ -32,7 +32,7 @@ from gpt.data.sources.kjv import kjv_text  # noqa: E402
 RECIPE = ["experiment=speedrun"]
 # The modern parts, each a config choice (off by default in the book's GPT).
 PARTS = ["model.pos=rope", "model.norm=rmsnorm", "model.ffn=swiglu", "model.n_kv_heads=2", "model.qk_norm=true",
-         "model.bias=false", "model.scaled_init=true"]
+         "model.bias=false", "model.scaled_init=true", "model.value_embeds=true"]
 
 
 def split_text(text: str, tmp: Path) -> tuple[Path, Path]:

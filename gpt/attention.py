@@ -151,7 +151,8 @@ class MultiHeadAttention(nn.Module):
     Beyond the book (keyword-only, off by default): ``num_kv_heads`` < num_heads is grouped-query attention (each
     group of num_heads // num_kv_heads query heads shares one key/value head: smaller W_key, W_value and KV cache);
     ``qk_norm`` puts an RMSNorm on each head's queries and keys; ``bias=False`` drops out_proj's bias; and
-    ``forward(..., rotate=...)`` turns queries and keys by their positions (rotary embeddings) before attending.
+    ``forward(..., rotate=...)`` turns queries and keys by their positions (rotary embeddings) before attending;
+    ``forward(..., value_embed=...)`` adds a (B, T, H_kv * D) tensor to the values (value embeddings).
     """
 
     def __init__(
@@ -193,11 +194,14 @@ class MultiHeadAttention(nn.Module):
         return x.view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, heads, T, D)
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int | torch.Tensor = 0,
-                rotate=None) -> torch.Tensor:
+                rotate=None, value_embed: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         queries = self.q_norm(self._split_heads(self.W_query(x)))  # (B, H, T, D)
         keys = self.k_norm(self._split_heads(self.W_key(x)))  # (B, H_kv, T, D)
-        values = self._split_heads(self.W_value(x))
+        values = self.W_value(x)
+        if value_embed is not None:
+            values = values + value_embed.to(values.dtype)  # autocast's dtype: an fp32 sum would slow all after it
+        values = self._split_heads(values)
         if rotate is not None:
             queries, keys = rotate(queries, keys, start)
         if isinstance(start, torch.Tensor):  # rows of different lengths, one new token each (a server's batch)

@@ -39,6 +39,7 @@ class GPTConfig:
     qk_norm: bool = False  # RMSNorm on each head's queries and keys
     bias: bool = True  # biases in the attention's out_proj and the feed-forward (qkv_bias is its own switch)
     scaled_init: bool = False  # GPT-2's N(0, 0.02 / sqrt(2 n_layers)) for out_proj and the feed-forward's last layer
+    value_embeds: bool = False  # a token embedding per layer added to its attention's values (ValueEmbeddings)
 
     def __post_init__(self):
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
@@ -58,10 +59,11 @@ class GPTConfig:
         if self.pos == "rope" and (self.emb_dim // self.n_heads) % 2:
             raise UserError(f"model.pos=rope rotates pairs of features, and the head size emb_dim // n_heads = "
                              f"{self.emb_dim // self.n_heads} is odd; choose an even head size")
-        modern = self.kv_heads != self.n_heads or self.qk_norm or self.pos == "rope" or not self.bias
+        modern = (self.kv_heads != self.n_heads or self.qk_norm or self.pos == "rope" or not self.bias
+                  or self.value_embeds)
         if self.attn_impl == "wrapper" and modern:
-            raise UserError("model.attn_impl=wrapper is the book's per-head stage of GPT-2's attention; "
-                             "n_kv_heads, qk_norm, pos=rope and bias=false need attn_impl=sdpa or explicit")
+            raise UserError("model.attn_impl=wrapper is the book's per-head stage of GPT-2's attention; n_kv_heads, "
+                             "qk_norm, pos=rope, bias=false and value_embeds need attn_impl=sdpa or explicit")
         for key in PARTS:  # an unknown part is refused here, when the config is read
             part_class(self, key)
 
@@ -205,6 +207,25 @@ class RotaryPositions(nn.Module):
         return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+class ValueEmbeddings(nn.Module):
+    """One more token embedding per layer, added to that layer's attention values (the modded-nanogpt speedrun's
+    value embeddings). A token's value then carries its identity straight from a table, whatever the residual
+    stream has made of it, which a shallow model learns from fast. It depends on the token alone, so the KV cache
+    stores the sum like any value. The tables start at N(0, 1), far above GPT-2's 0.02: on the KJV at 860 steps
+    (README, Speedrun) std 0.05 / 0.2 / 1 / 3 gave 1.659 / 1.656 / 1.652 / 1.653 bits/char."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        width = cfg.kv_heads * (cfg.emb_dim // cfg.n_heads)  # a value row: every key/value head side by side
+        self.tables = nn.ModuleList(nn.Embedding(cfg.vocab_size, width) for _ in range(cfg.n_layers))
+        for table in self.tables:
+            nn.init.normal_(table.weight, std=1.0)
+
+    def forward(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """idx (B, T) -> one (B, T, H_kv * D) tensor per layer."""
+        return [table(idx) for table in self.tables]
+
+
 def _book_attention(cls, **kwargs):
     """An attention layer of gpt/attention.py, built with the book's signature from a GPTConfig."""
     return lambda cfg: cls(cfg.emb_dim, cfg.emb_dim, cfg.context_length, cfg.drop_rate, cfg.n_heads, cfg.qkv_bias,
@@ -253,11 +274,11 @@ class TransformerBlock(nn.Module):
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, start: int | torch.Tensor = 0,
-                rotate=None) -> torch.Tensor:
-        # rotate: model.pos=rope's rotation of q and k, handed to attention only then (a plug-in attention of
-        # yours needs the argument only for rope)
-        h = self.norm1(x)
-        h = self.att(h, kv, start) if rotate is None else self.att(h, kv, start, rotate=rotate)
+                rotate=None, value_embed: torch.Tensor | None = None) -> torch.Tensor:
+        # rotate: model.pos=rope's rotation of q and k; value_embed: model.value_embeds' rows for this layer. Each
+        # is handed to attention only when that part is on (a plug-in attention of yours needs only those it uses).
+        extra = {k: v for k, v in (("rotate", rotate), ("value_embed", value_embed)) if v is not None}
+        h = self.att(self.norm1(x), kv, start, **extra)
         x = x + self.drop_shortcut(h)  # shortcut connection around attention
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))  # and around the feed-forward
         return x
@@ -277,6 +298,7 @@ class GPTModel(nn.Module):
         self.final_norm = build_part(cfg, "norm")
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)
+        self.value_embeds = ValueEmbeddings(cfg) if cfg.value_embeds else None  # its own init, after GPT-2's
         if cfg.scaled_init:
             self._scale_residual_projections()
         if cfg.tie_weights:
@@ -323,8 +345,9 @@ class GPTModel(nn.Module):
                 pos = torch.arange(start, start + T, device=idx.device)
             x = x + self.pos_emb(pos)
         x = self.drop_emb(x)
-        for i, block in enumerate(self.trf_blocks):
-            x = block(x, None if cache is None else cache.layer(i, end), start, rotate)
+        value_embeds = [None] * len(self.trf_blocks) if self.value_embeds is None else self.value_embeds(idx)
+        for i, (block, value_embed) in enumerate(zip(self.trf_blocks, value_embeds)):
+            x = block(x, None if cache is None else cache.layer(i, end), start, rotate, value_embed)
         if cache is not None:
             cache.length += T
         return self.final_norm(x)

@@ -67,7 +67,7 @@ TOP = {
 }
 # GPT-2's parts: a model with any other value has no GPT-2 layout to export to.
 GPT2_PARTS = {"attn_impl": ("sdpa", "explicit", "wrapper"), "norm": ("layernorm",), "ffn": ("gelu",),
-              "pos": ("learned",), "qk_norm": (False,), "bias": (True,)}
+              "pos": ("learned",), "qk_norm": (False,), "bias": (True,), "value_embeds": (False,)}
 
 
 # ---------------------------------------------------------------------------------------------------- config

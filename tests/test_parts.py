@@ -1,5 +1,5 @@
 """The modern model parts (rotary positions, RMSNorm, SwiGLU, grouped-query attention, QK-norm, bias-free linears,
-GPT-2's scaled init), each against a computation of its own, and all of them together through the KV cache,
+GPT-2's scaled init, value embeddings), each against a computation of its own, and all of them together through the KV cache,
 checkpoints and the entry points."""
 
 import math
@@ -15,7 +15,8 @@ from gpt.pretrained import export_hf
 from gpt.tasks import load_trained
 from gpt.tokenizer import build_tokenizer
 
-MODERN = dict(norm="rmsnorm", ffn="swiglu", pos="rope", n_kv_heads=2, qk_norm=True, bias=False, scaled_init=True)
+MODERN = dict(norm="rmsnorm", ffn="swiglu", pos="rope", n_kv_heads=2, qk_norm=True, bias=False, scaled_init=True,
+              value_embeds=True)
 
 
 def small(**overrides) -> GPTConfig:
@@ -165,9 +166,27 @@ def test_scaled_init_shrinks_only_the_residual_projections():
         assert block.ff.layers[0].weight.std().item() == pytest.approx(0.02, rel=0.1)
 
 
+def test_value_embeds_add_each_layers_own_token_rows_to_its_attention_values():
+    torch.manual_seed(0)
+    model = perturbed(GPTModel(small(value_embeds=True, n_kv_heads=2)))
+    tables = model.value_embeds.tables
+    assert len(tables) == 2 and all(t.weight.shape == (97, 2 * 8) for t in tables)  # a value row of 2 kv heads
+    assert 0.9 < GPTModel(small(value_embeds=True)).value_embeds.tables[0].weight.std() < 1.1  # N(0, 1) at init
+    plain = GPTModel(small(n_kv_heads=2)).eval()
+    _, extra = plain.load_state_dict(model.state_dict(), strict=False)
+    assert sorted(extra) == ["value_embeds.tables.0.weight", "value_embeds.tables.1.weight"]
+    idx = torch.randint(0, 97, (3, 12))
+    assert not torch.allclose(plain(idx), model(idx), atol=1e-3)  # the tables matter
+    for block, table in zip(plain.trf_blocks, tables):  # the same model: W_value(x) + the layer's rows of the tokens
+        block.att.W_value.register_forward_hook(lambda module, args, out, table=table: out + table(idx))
+    assert torch.allclose(plain(idx), model(idx), atol=1e-5)
+
+
 def test_wrapper_attention_refuses_the_modern_attention_parts():
     with pytest.raises(ValueError, match="model.attn_impl=wrapper is the book's per-head stage"):
         small(attn_impl="wrapper", pos="rope")
+    with pytest.raises(ValueError, match="value_embeds need attn_impl=sdpa or explicit"):
+        small(attn_impl="wrapper", value_embeds=True)
 
 
 def test_old_configs_get_the_books_parts():
@@ -176,6 +195,7 @@ def test_old_configs_get_the_books_parts():
         del old[key]  # a checkpoint written before these fields existed
     assert GPTConfig(**old) == small()
     assert small().kv_heads == 4 and not small().qk_norm and small().bias and not small().scaled_init
+    assert not small().value_embeds and GPTModel(small()).value_embeds is None
 
 
 # ---------------------------------------------------------------------------------------------------- all together
@@ -206,7 +226,8 @@ def test_every_part_on_survives_a_checkpoint_round_trip_and_gpt2_export_refuses_
     assert loaded.cfg == model.cfg
     assert torch.equal(loaded(idx), model(idx))
     with pytest.raises(ValueError, match=r"this model has model.norm=rmsnorm, model.ffn=swiglu, model.pos=rope, "
-                                         r"model.qk_norm=True, model.bias=False, model.n_kv_heads=2; only"):
+                                         r"model.qk_norm=True, model.bias=False, model.value_embeds=True, "
+                                         r"model.n_kv_heads=2; only"):
         export_hf(model, tok.to_config(), None, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
 
