@@ -212,7 +212,8 @@ class ValueEmbeddings(nn.Module):
     value embeddings). A token's value then carries its identity straight from a table, whatever the residual
     stream has made of it, which a shallow model learns from fast. It depends on the token alone, so the KV cache
     stores the sum like any value. The tables start at N(0, 1), far above GPT-2's 0.02: on the KJV at 860 steps
-    (README, Speedrun) std 0.05 / 0.2 / 1 / 3 gave 1.659 / 1.656 / 1.652 / 1.653 bits/char."""
+    (README, Speedrun; tables mixed in by learned weights) std 0.05 / 0.2 / 1 / 3 gave 1.659 / 1.656 / 1.652 /
+    1.653 bits/char, and the plain sum, this class, 1.650."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
