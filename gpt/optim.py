@@ -1,8 +1,9 @@
 """The optimizer and its learning-rate schedule, shared by every task. Pure torch.
 
 AdamW with weight decay on matrices only (linear weights, embeddings; never biases or norm scales), and a linear
-warmup followed by a cosine decay to ``lr * min_lr_ratio`` at the last step, or, with a wall-clock budget
-(``TimeBudget``), at the end of the budget: a run cut short by time still finishes its decay.
+warmup followed by a decay (a cosine, or a straight line: ``optim.decay``) to ``lr * min_lr_ratio`` at the last step,
+or, with a wall-clock budget (``TimeBudget``), at the end of the budget: a run cut short by time still finishes its
+decay.
 """
 
 from __future__ import annotations
@@ -18,19 +19,29 @@ from torch.optim._muon import _adjust_lr as adjust_muon_lr  # torch's lr scaling
 from gpt.errors import UserError
 
 
-def warmup_cosine_at(step: int, warmup_steps: int, progress: float, min_lr_ratio: float) -> float:
-    """LR multiplier: a cosine from 1 at ``progress`` 0 down to ``min_lr_ratio`` at ``progress`` 1 (the fraction of
-    the run done, in steps or in time), capped by a linear warmup from 0 over the first ``warmup_steps`` steps
-    unless the run is over (a time budget that runs out during warmup still ends at the floor)."""
+# The decay's shape (optim.decay): from 1 when no progress is made to 0 at the end of the run.
+DECAYS = {
+    "cosine": lambda progress: 0.5 * (1 + math.cos(math.pi * progress)),
+    # Bergsma et al. 2025 ("Straight to Zero"): a straight line to (near) zero trains better than a cosine
+    "linear": lambda progress: 1 - progress,
+}
+
+
+def warmup_decay_at(step: int, warmup_steps: int, progress: float, min_lr_ratio: float,
+                    decay: str = "cosine") -> float:
+    """LR multiplier: the ``decay`` from 1 at ``progress`` 0 down to ``min_lr_ratio`` at ``progress`` 1 (the
+    fraction of the run done, in steps or in time), capped by a linear warmup from 0 over the first
+    ``warmup_steps`` steps unless the run is over (a time budget that runs out during warmup still ends at the
+    floor)."""
     progress = min(1.0, max(0.0, progress))
-    cosine = min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return min(cosine, (step + 1) / warmup_steps) if step < warmup_steps and progress < 1 else cosine
+    value = min_lr_ratio + (1 - min_lr_ratio) * DECAYS[decay](progress)
+    return min(value, (step + 1) / warmup_steps) if step < warmup_steps and progress < 1 else value
 
 
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+def warmup_decay(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float, decay: str = "cosine") -> float:
     """The schedule over ``total_steps``: the decay starts after warmup and ends at the last step."""
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return warmup_cosine_at(step, warmup_steps, progress, min_lr_ratio)
+    return warmup_decay_at(step, warmup_steps, progress, min_lr_ratio, decay)
 
 
 class TimeBudget:
@@ -179,10 +190,13 @@ def newton_schulz(g: torch.Tensor, coefficients: tuple[float, float, float], ste
 ROLES = ("matrices", "vectors", "hidden")  # AdamW with weight decay, AdamW without, Muon
 
 
-def check_optimizer(name: str, strategy: str = "") -> None:
-    """Refuse an unknown ``optim.name``, and Muon under FSDP (``strategy``: the strategy's class path)."""
+def check_optimizer(name: str, strategy: str = "", decay: str = "cosine") -> None:
+    """Refuse an unknown ``optim.name`` or ``optim.decay``, and Muon under FSDP (``strategy``: the strategy's class
+    path)."""
     if name not in ("adamw", "muon"):
         raise UserError(f"optim.name must be adamw or muon, got {name!r}")
+    if decay not in DECAYS:
+        raise UserError(f"optim.decay must be {' or '.join(DECAYS)}, got {decay!r}")
     if name == "muon" and "FSDP" in strategy:
         raise UserError("optim.name=muon orthogonalizes whole weight matrices, which FSDP splits across GPUs; "
                          "use trainer=ddp, or optim.name=adamw with FSDP")
@@ -208,7 +222,8 @@ def optimizer_with_schedule(
     orthogonalizes each matrix's momentum (Newton-Schulz) so that every direction of the update moves at the same
     rate; its step is scaled to AdamW's update size (Moonshot's rule), so lr and weight decay mean the same for
     both, and ``muon_lr_scale`` multiplies the lr of Muon's matrices."""
-    check_optimizer(optim["name"])
+    decay = optim.get("decay", "cosine")  # a hand-made optim dict may leave it out
+    check_optimizer(optim["name"], decay=decay)
     params = [p for p in parameters if p.requires_grad]
     muon = {id(p) for p in hidden} if optim["name"] == "muon" else set()
     groups = {
@@ -223,9 +238,9 @@ def optimizer_with_schedule(
         optimizer = Chained(optimizer, BatchedMuon([hidden_group], adjust_lr_fn="match_rms_adamw"))
     warmup, floor = optim["warmup_steps"], optim["min_lr_ratio"]
     if budget is None:
-        multiplier = lambda step: warmup_cosine(step, warmup, total_steps, floor)  # noqa: E731
+        multiplier = lambda step: warmup_decay(step, warmup, total_steps, floor, decay)  # noqa: E731
     else:
-        multiplier = lambda step: warmup_cosine_at(step, warmup, budget.progress(), floor)  # noqa: E731
+        multiplier = lambda step: warmup_decay_at(step, warmup, budget.progress(), floor, decay)  # noqa: E731
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
     return optimizer, schedule
 

@@ -5,7 +5,7 @@ import torch
 
 from gpt.loss import language_model_loss, next_token_loss
 from gpt.model import GPTConfig, GPTModel
-from gpt.optim import warmup_cosine
+from gpt.optim import warmup_decay
 from gpt.training.module import TaskModule
 
 MODEL = dict(vocab_size=50257, context_length=16, emb_dim=32, n_heads=2, n_layers=1, drop_rate=0.0, qkv_bias=True,
@@ -16,7 +16,7 @@ PRETRAIN = {"_target_": "gpt.tasks.pretrain.Pretrain"}
 
 
 def test_schedule_warms_up_linearly_then_decays_to_the_floor():
-    f = lambda s: warmup_cosine(s, warmup_steps=10, total_steps=110, min_lr_ratio=0.1)  # noqa: E731
+    f = lambda s: warmup_decay(s, warmup_steps=10, total_steps=110, min_lr_ratio=0.1)  # noqa: E731
     assert f(0) == pytest.approx(0.1) and f(4) == pytest.approx(0.5) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.55)  # half way through the cosine: midway between 1 and the floor

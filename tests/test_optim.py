@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from gpt.optim import TimeBudget, warmup_cosine_at
+from gpt.optim import TimeBudget, warmup_decay, warmup_decay_at
 
 
 class FakeClock:
@@ -24,10 +24,10 @@ def test_time_budget_decays_to_the_floor_when_the_budget_is_spent():
     assert budget.progress() == 0 and not budget.done()
     clock.now += 24  # half of the 48 s left for training (60 - 10 spent - 2 reserved)
     assert budget.progress() == pytest.approx(0.5)
-    assert warmup_cosine_at(50, 5, budget.progress(), 0.1) == pytest.approx(0.55)
+    assert warmup_decay_at(50, 5, budget.progress(), 0.1) == pytest.approx(0.55)
     clock.now += 24
     assert budget.done()
-    assert warmup_cosine_at(500, 5, budget.progress(), 0.1) == pytest.approx(0.1)
+    assert warmup_decay_at(500, 5, budget.progress(), 0.1) == pytest.approx(0.1)
 
 
 def test_time_budget_keeps_back_the_measured_tail():
@@ -64,9 +64,17 @@ def test_time_budget_must_be_positive():
         TimeBudget(0, started=0.0)
 
 
+def test_a_linear_decay_is_a_straight_line_from_the_peak_to_the_floor():
+    lin = [warmup_decay(s, 10, 110, 0.1, "linear") for s in (10, 35, 60, 85, 110)]
+    assert lin == pytest.approx([1.0, 0.775, 0.55, 0.325, 0.1])
+    # the cosine's midpoint is the same, and it stays above the line in the first half and below it in the second
+    assert warmup_decay(60, 10, 110, 0.1) == pytest.approx(0.55)
+    assert warmup_decay(35, 10, 110, 0.1) > lin[1] and warmup_decay(85, 10, 110, 0.1) < lin[3]
+
+
 def test_a_budget_spent_during_warmup_still_ends_at_the_floor():
-    assert warmup_cosine_at(1, 30, 1.0, 0.1) == pytest.approx(0.1)
-    assert warmup_cosine_at(1, 30, 0.0, 0.1) == pytest.approx(2 / 30)
+    assert warmup_decay_at(1, 30, 1.0, 0.1) == pytest.approx(0.1)
+    assert warmup_decay_at(1, 30, 0.0, 0.1) == pytest.approx(2 / 30)
 
 
 # ---------------------------------------------------------------- Muon on the blocks' matrices, AdamW on the rest

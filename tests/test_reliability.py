@@ -20,7 +20,7 @@ from gpt.checkpoint import CheckpointError, atomic_save, read_checkpoint
 from gpt.data.sources.kjv import kjv_text
 from gpt.data.sampler import ResumableSampler
 from gpt.model import GPTConfig, GPTModel
-from gpt.optim import warmup_cosine
+from gpt.optim import warmup_decay
 from gpt.tokenizer import build_tokenizer
 
 TINY = [
@@ -166,7 +166,7 @@ def test_resume_refuses_changed_settings_or_data_and_applies_allowed_ones(tmp_pa
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     lr = logged_steps(run_dir, "train/lr")
     assert [s for s, _ in lr] == list(range(8, 16))
-    assert [v for _, v in lr] == pytest.approx([2e-3 * warmup_cosine(s, 5, 16, 0.1) for s in range(8, 16)], rel=1e-6)
+    assert [v for _, v in lr] == pytest.approx([2e-3 * warmup_decay(s, 5, 16, 0.1) for s in range(8, 16)], rel=1e-6)
     state = final_state(run_dir)
     assert state["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 2e-3
     assert state["run_identity"]["optim.lr"] == 2e-3  # the next resume compares with the new value
@@ -348,6 +348,7 @@ BAD_TRAIN = {
     "batch_size": (["data.batch_size=-2"], "data.batch_size must be positive, got -2"),
     "max_steps": (["trainer.max_steps=0"], "trainer.max_steps must be positive, got 0"),
     "unknown optimizer": (["optim.name=sgd"], "optim.name must be adamw or muon, got 'sgd'"),
+    "unknown decay": (["optim.decay=step"], "optim.decay must be cosine or linear, got 'step'"),
     "muon under fsdp": (["optim.name=muon", "trainer=fsdp"], "which FSDP splits across GPUs; use trainer=ddp"),
     "missing corpus": (["data=text_file", "data.path={tmp}/nope.txt"], "corpus file {tmp}/nope.txt does not exist"),
     "empty corpus": (["data=text_file", "data.path={tmp}/empty.txt"], "corpus file {tmp}/empty.txt is empty"),

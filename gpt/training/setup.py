@@ -41,7 +41,8 @@ def check_config(cfg: DictConfig) -> None:
         check_positive("trainer.max_steps", cfg.trainer.max_steps)
     check_positive("checkpoint.every_n_steps", cfg.checkpoint.every_n_steps)
     strategy = cfg.trainer.get("strategy")
-    check_optimizer(cfg.optim.name, str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else "")
+    check_optimizer(cfg.optim.name, str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else "",
+                    cfg.optim.decay)
 
 
 def model_config(cfg: DictConfig, n_vocab: int) -> dict:
