@@ -232,7 +232,7 @@ def test_every_part_on_survives_a_checkpoint_round_trip_and_gpt2_export_refuses_
     assert not (tmp_path / "hf").exists()
 
 
-def test_modern_tiny_trains_generates_and_evaluates_through_the_entry_points(tmp_path):
+def test_modern_tiny_with_value_embeds_trains_generates_and_evaluates_through_the_entry_points(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from test_entrypoints import TINY, run
 
@@ -243,7 +243,8 @@ def test_modern_tiny_trains_generates_and_evaluates_through_the_entry_points(tmp
     data = ["data=text_file", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}"]
     shape = [o for o in TINY if not o.startswith(("model.n_heads", "model.emb_dim"))] + ["model.emb_dim=64",
                                                                                         "model.n_heads=4"]
-    run("train.py", "model=modern-tiny", *shape, *data, "trainer.max_steps=30", f"hydra.run.dir={tmp_path / 'run'}")
+    run("train.py", "model=modern-tiny", "model.value_embeds=true", *shape, *data, "trainer.max_steps=30",
+        f"hydra.run.dir={tmp_path / 'run'}")
     val = [e.value for e in EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload().Scalars("val/loss")]
     assert val[-1] < val[0] - 0.3
     out = run("generate.py", f"ckpt={tmp_path / 'run'}", "prompt=And God said", "max_new_tokens=6",
