@@ -90,4 +90,3 @@ def keep_freed_memory() -> bool:
         os.environ.setdefault("GLIBC_TUNABLES", f"glibc.malloc.trim_threshold={KEEP_FREED_BELOW}:"
                                                 f"glibc.malloc.mmap_threshold={KEEP_FREED_BELOW}")
     return kept
-

@@ -222,7 +222,7 @@ def optimizer_with_schedule(
     orthogonalizes each matrix's momentum (Newton-Schulz) so that every direction of the update moves at the same
     rate; its step is scaled to AdamW's update size (Moonshot's rule), so lr and weight decay mean the same for
     both, and ``muon_lr_scale`` multiplies the lr of Muon's matrices."""
-    decay = optim.get("decay", "cosine")  # a hand-made optim dict may leave it out
+    decay = optim["decay"]
     check_optimizer(optim["name"], decay=decay)
     params = [p for p in parameters if p.requires_grad]
     muon = {id(p) for p in hidden} if optim["name"] == "muon" else set()

@@ -11,7 +11,7 @@ from gpt.training.module import TaskModule
 MODEL = dict(vocab_size=50257, context_length=16, emb_dim=32, n_heads=2, n_layers=1, drop_rate=0.0, qkv_bias=True,
              tie_weights=True)
 OPTIM = dict(name="adamw", lr=1e-3, weight_decay=0.1, betas=[0.9, 0.95], warmup_steps=10, min_lr_ratio=0.1,
-             muon_lr_scale=1.0)
+             decay="cosine", muon_lr_scale=1.0)
 PRETRAIN = {"_target_": "gpt.tasks.pretrain.Pretrain"}
 
 

@@ -80,7 +80,7 @@ def test_a_budget_spent_during_warmup_still_ends_at_the_floor():
 # ---------------------------------------------------------------- Muon on the blocks' matrices, AdamW on the rest
 
 MUON = dict(name="muon", lr=2e-3, weight_decay=0.1, betas=[0.9, 0.95], warmup_steps=2, min_lr_ratio=0.1,
-            muon_lr_scale=3.0)
+            decay="cosine", muon_lr_scale=3.0)
 
 
 def small_model():

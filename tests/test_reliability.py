@@ -198,7 +198,7 @@ def test_a_nan_loss_stops_training_before_its_update_and_its_checkpoint(tmp_path
     model = dict(vocab_size=5, context_length=4, emb_dim=8, n_heads=2, n_layers=1, drop_rate=0.0, qkv_bias=False,
                  tie_weights=True)
     optim = dict(name="adamw", lr=1e-2, weight_decay=0.1, betas=[0.9, 0.95], warmup_steps=1, min_lr_ratio=0.1,
-                 muon_lr_scale=1.0)
+                 decay="cosine", muon_lr_scale=1.0)
     module = TaskModule(model, optim, tok.to_config(), task={"name": "pretrain"})
     forwards = 0
 
